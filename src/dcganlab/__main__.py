@@ -1,0 +1,3 @@
+from dcganlab.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""`dcganlab`: one command per pipeline stage; dvc.yaml calls these.
+
+Each command only parses, calls the stage function, and reports. Bad input ends with one
+line on stderr and a non-zero exit (2 for invalid params), never a traceback. Stage
+modules are imported inside the commands so `--help` and the data stages stay fast.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from dcganlab.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, sample, evaluate and compare the DCGAN family (DVC stages + MLflow tracking).")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file; paths are relative to its folder")
+
+
+def _run(work: Callable[[], object]) -> None:
+    try:
+        work()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _names(chosen: Optional[str], available: dict, kind: str) -> list[str]:
+    if chosen is None:
+        return list(available)
+    if chosen not in available:
+        raise UserError(f"unknown {kind} '{chosen}' (params.yaml has: {', '.join(available) or 'none'})")
+    return [chosen]
+
+
+def _params(path: Path):
+    from dcganlab.config import load_params
+
+    return load_params(path)
+
+
+@app.command()
+def fetch(dataset: Optional[str] = typer.Argument(None, help="dataset name in params.yaml (default: all)"),
+          params: Path = ParamsOpt) -> None:
+    """Fetch raw data. Reads params `datasets.<name>` (source, path, split, limit); writes
+    data/raw/<name>/images/ and data/raw/<name>/manifest.csv (file, label, source, checksum).
+    Download sources cache archives in data/downloads/."""
+    def work():
+        from dcganlab import paths
+        from dcganlab.sources import fetch as fetch_stage
+
+        p = _params(params)
+        for name in _names(dataset, p.datasets, "dataset"):
+            m = fetch_stage(p.datasets[name], paths.raw_dir(p.root, name), paths.downloads_dir(p.root), p.root)
+            typer.echo(f"fetch {name}: {len(m)} images -> {paths.raw_dir(p.root, name)}")
+    _run(work)
+
+
+@app.command()
+def prepare(dataset: Optional[str] = typer.Argument(None, help="dataset name in params.yaml (default: all)"),
+            params: Path = ParamsOpt) -> None:
+    """Detect/crop faces (if `detect_faces`), resize, convert channels. Reads data/raw/<name>/;
+    writes data/processed/<name>/ (images.npy N x C x H x W uint8, labels.npy, split.npy,
+    manifest.csv with a status per input file, stats.json)."""
+    def work():
+        from dcganlab import paths
+        from dcganlab.faces import CropSettings
+        from dcganlab.prepare import prepare as prepare_stage
+
+        p = _params(params)
+        for name in _names(dataset, p.datasets, "dataset"):
+            ds = p.datasets[name]
+            stats = prepare_stage(paths.raw_dir(p.root, name), paths.processed_dir(p.root, name),
+                                  CropSettings.from_dataset(ds), ds.test_fraction, p.seed, ds.workers)
+            typer.echo(f"prepare {name}: kept {stats['kept']} of {stats['images_in']} "
+                       f"(discarded: {stats['discarded'] or 'none'}) -> {paths.processed_dir(p.root, name)}")
+    _run(work)
+
+
+@app.command()
+def faces(src: Path = typer.Argument(..., help="folder of photos, searched recursively"),
+          out: Path = typer.Argument(..., help="output folder for the crops"),
+          size: int = typer.Option(64, "--size", help="side of the square crops, pixels"),
+          channels: int = typer.Option(3, "--channels", help="1 (gray) or 3 (RGB)"),
+          margin: float = typer.Option(0.25, "--margin", help="context around the face, fraction of its side"),
+          min_face_size: int = typer.Option(24, "--min-face-size", help="smallest face to detect, pixels"),
+          workers: int = typer.Option(1, "--workers", help="processes")) -> None:
+    """Standalone face preparation: Haar-detect the largest face in every image under SRC,
+    crop it square with a margin, resize, and write OUT/<same path>.png plus OUT/manifest.csv
+    (file, status: kept/no_face/unreadable/too_small/too_large, reason, crop)."""
+    def work():
+        from dcganlab.faces import CropSettings
+        from dcganlab.prepare import prepare_folder
+
+        if size < 8 or channels not in (1, 3) or workers < 1:
+            raise UserError("--size must be >= 8, --channels 1 or 3, --workers >= 1")
+        s = CropSettings(image_size=size, channels=channels, margin=margin, min_face_size=min_face_size)
+        m = prepare_folder(src, out, s, workers)
+        counts = m["status"].value_counts().to_dict()
+        typer.echo(f"faces: {counts.get('kept', 0)} of {len(m)} kept ({counts}) -> {out}")
+    _run(work)
+
+
+@app.command()
+def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (default: all)"),
+              params: Path = ParamsOpt) -> None:
+    """Train the offline `domain` feature extractor for FID/KID on a dataset's real training
+    split. Reads data/processed/<name>/ and params `extractor`; writes
+    models/extractors/<name>.pt and .json (kind, feature size, test accuracy or error)."""
+    def work():
+        from dcganlab import paths
+        from dcganlab.extractor import describe, train_extractor
+        from dcganlab.train import load_processed
+
+        p = _params(params)
+        for name in _names(dataset, p.datasets, "dataset"):
+            data = load_processed(paths.processed_dir(p.root, name))
+            info = train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, name), name)
+            typer.echo(f"extractor {name}: {describe(info)}")
+    _run(work)
+
+
+@app.command()
+def train(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
+          params: Path = ParamsOpt) -> None:
+    """Train an experiment's GAN (resumes from models/<exp>/train/checkpoint.pt). Reads
+    data/processed/<dataset>/ and params `experiments.<exp>`, `train`, `seed`; writes
+    models/<exp>/generator.pt, models/<exp>/train/ (checkpoint, per-epoch generators and
+    grids), reports/<exp>/losses.csv and train.json; logs an MLflow run."""
+    def work():
+        from dcganlab.train import train as train_stage
+
+        p = _params(params)
+        for name in _names(experiment, p.experiments, "experiment"):
+            s = train_stage(p, name)
+            typer.echo(f"train {name}: {s['epochs']} epochs, {s['images_per_s']:.0f} img/s, {s['train_wall_s']:.0f} s")
+    _run(work)
+
+
+@app.command()
+def sample(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
+           params: Path = ParamsOpt) -> None:
+    """Sample a trained generator. Reads models/<exp>/generator.pt and params `sample`;
+    writes reports/<exp>/samples.png (non-cherry-picked grid) and interpolation.png."""
+    def work():
+        from dcganlab.sample import sample as sample_stage
+
+        p = _params(params)
+        for name in _names(experiment, p.experiments, "experiment"):
+            out = sample_stage(p, name)
+            typer.echo(f"sample {name}: {out['samples']}, {out['interpolation']}")
+    _run(work)
+
+
+@app.command()
+def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
+             params: Path = ParamsOpt) -> None:
+    """FID/KID of a trained generator on the dataset's domain extractor. Reads
+    models/<exp>/generator.pt, models/extractors/<dataset>.pt, data/processed/<dataset>/;
+    writes reports/eval/<exp>.json (each number with extractor, counts and split)."""
+    def work():
+        from dcganlab.evaluate import evaluate as evaluate_stage
+
+        p = _params(params)
+        for name in _names(experiment, p.experiments, "experiment"):
+            m = evaluate_stage(p, name)
+            typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
+                       f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']})")
+    _run(work)
+
+
+@app.command()
+def report(params: Path = ParamsOpt) -> None:
+    """Collect every experiment's metrics. Reads reports/eval/<exp>.json; writes
+    reports/metrics.json (DVC metrics) and reports/summary.md."""
+    def work():
+        from dcganlab.report import report as report_stage
+
+        p = _params(params)
+        metrics = report_stage(p)
+        typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}")
+    _run(work)
+
+
+@app.command()
+def variants() -> None:
+    """List the architecture variants."""
+    from dcganlab.variants import VARIANTS
+
+    for v in VARIANTS.values():
+        typer.echo(f"{v.name:14s} {v.description} (sizes {', '.join(map(str, v.sizes))})")
+
+
+def main() -> None:
+    app(prog_name="dcganlab")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

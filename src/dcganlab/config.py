@@ -1,0 +1,252 @@
+"""params.yaml, loaded and validated in one place.
+
+Every section is a dataclass; unknown keys, wrong types and out-of-range values are
+collected and reported together as one `ParamsError` (exit code 2) before any work.
+A misspelled key (`dvc exp run -S train.lerning_rate=...`) is an error, never ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from dcganlab.errors import ParamsError
+
+SOURCES = ("mnist-subset", "lfw-subset", "mnist", "fashion-mnist", "cifar10", "stl10", "celeba", "folder")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class DatasetParams:
+    source: str = "mnist-subset"
+    path: str = ""               # folder source: a directory of images (searched recursively)
+    split: str = "train"         # torchvision sources: which split to fetch
+    limit: int = 0               # keep at most this many raw images (0 = all)
+    detect_faces: bool = False   # Haar frontal-face detection + square crop
+    image_size: int = 32
+    channels: int = 1
+    margin: float = 0.25         # extra context around the detected face, fraction of its side
+    min_face_size: int = 24      # Haar minSize, pixels of the (decoded) input image
+    scale_factor: float = 1.1    # Haar scaleFactor
+    min_neighbors: int = 3       # Haar minNeighbors
+    max_pixels: int = 50_000_000  # larger images are skipped as decompression bombs
+    test_fraction: float = 0.1   # held-out real images (evaluation reference split)
+    workers: int = 1             # processes for prepare
+
+
+@dataclass
+class ExperimentParams:
+    variant: str = "dcgan"
+    dataset: str = "digits"
+    epochs: int = 10
+    batch_size: int = 64
+    z_dim: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    real_label: float = 1.0      # target for real images in D's loss (0.9 = one-sided smoothing)
+    fake_label: float = 0.0
+    noise: str = "normal"        # normal | uniform (in [-1, 1])
+
+
+@dataclass
+class TrainParams:
+    device: str = "auto"         # auto | cpu | cuda | cuda:N
+    grid_size: int = 64          # fixed-noise samples in each epoch's grid
+    log_model: bool = True       # log the final generator as an MLflow model
+
+
+@dataclass
+class SampleParams:
+    num: int = 64
+    interpolation_pairs: int = 8
+    interpolation_steps: int = 8
+
+
+@dataclass
+class ExtractorParams:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    features: int = 128
+
+
+@dataclass
+class EvaluateParams:
+    num_samples: int = 1000
+    kid_subset_size: int = 100
+    batch_size: int = 250
+
+
+@dataclass
+class TrackingParams:
+    uri: str = ""                # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the project
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    datasets: dict[str, DatasetParams] = field(default_factory=dict)
+    experiments: dict[str, ExperimentParams] = field(default_factory=dict)
+    train: TrainParams = field(default_factory=TrainParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    extractor: ExtractorParams = field(default_factory=ExtractorParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    root: Path = field(default=Path("."), repr=False)  # directory of params.yaml
+
+    def experiment(self, name: str) -> ExperimentParams:
+        if name not in self.experiments:
+            raise ParamsError(f"unknown experiment '{name}' (params.yaml has: {', '.join(self.experiments) or 'none'})")
+        return self.experiments[name]
+
+    def dataset(self, name: str) -> DatasetParams:
+        if name not in self.datasets:
+            raise ParamsError(f"unknown dataset '{name}' (params.yaml has: {', '.join(self.datasets) or 'none'})")
+        return self.datasets[name]
+
+
+def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    errors.append(f"{where}: expected {typ.__name__}, got {value!r}")
+    return None
+
+
+def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "root"}
+    for key in raw:
+        if key not in known:
+            errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key in known & set(raw):
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, raw[key], f"{where}.{key}", errors)
+        elif getattr(typ, "__origin__", None) is dict:
+            item_cls = typ.__args__[1]
+            value = raw[key] or {}
+            if not isinstance(value, dict):
+                errors.append(f"{where}.{key}: expected a mapping of name -> settings")
+                continue
+            kwargs[key] = {str(k): _build(item_cls, v, f"{key}.{k}", errors) for k, v in value.items()}
+        else:
+            kwargs[key] = _coerce(raw[key], typ, f"{where}.{key}".lstrip("."), errors)
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _check_ranges(p: Params, errors: list[str]) -> None:
+    from dcganlab.variants import VARIANTS  # variants import models; keep config import-light
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            errors.append(msg)
+
+    for name, d in p.datasets.items():
+        w = f"datasets.{name}"
+        need(bool(NAME_RE.match(name)), f"{w}: name may hold only letters, digits, '-' and '_'")
+        need(d.source in SOURCES, f"{w}.source: unknown source '{d.source}' (known: {', '.join(SOURCES)})")
+        need(d.source != "folder" or bool(d.path), f"{w}.path: the folder source needs a path")
+        need(d.image_size >= 8 and d.image_size <= 1024, f"{w}.image_size: must be in 8..1024")
+        need(d.channels in (1, 3), f"{w}.channels: must be 1 or 3")
+        need(d.limit >= 0, f"{w}.limit: must be >= 0")
+        need(0.0 <= d.margin <= 2.0, f"{w}.margin: must be in 0..2")
+        need(d.min_face_size >= 1, f"{w}.min_face_size: must be >= 1")
+        need(d.scale_factor > 1.0, f"{w}.scale_factor: must be > 1")
+        need(d.min_neighbors >= 0, f"{w}.min_neighbors: must be >= 0")
+        need(d.max_pixels >= 1, f"{w}.max_pixels: must be >= 1")
+        need(0.0 <= d.test_fraction < 1.0, f"{w}.test_fraction: must be in [0, 1)")
+        need(d.workers >= 1, f"{w}.workers: must be >= 1")
+    for name, e in p.experiments.items():
+        w = f"experiments.{name}"
+        need(bool(NAME_RE.match(name)), f"{w}: name may hold only letters, digits, '-' and '_'")
+        need(e.dataset in p.datasets, f"{w}.dataset: unknown dataset '{e.dataset}' (params.yaml has: {', '.join(p.datasets)})")
+        if e.variant not in VARIANTS:
+            errors.append(f"{w}.variant: unknown variant '{e.variant}' (known: {', '.join(VARIANTS)})")
+        elif e.dataset in p.datasets:
+            problem = VARIANTS[e.variant].check(e, p.datasets[e.dataset])
+            need(problem is None, f"{w}: {problem}")
+        need(e.epochs >= 1, f"{w}.epochs: must be >= 1")
+        need(e.batch_size >= 2, f"{w}.batch_size: must be >= 2")
+        need(e.z_dim >= 1, f"{w}.z_dim: must be >= 1")
+        need(e.ngf >= 1 and e.ndf >= 1, f"{w}.ngf/ndf: must be >= 1")
+        for key in ("lr_g", "lr_d"):
+            val = getattr(e, key)
+            need(math.isfinite(val) and val > 0, f"{w}.{key}: must be > 0")
+        need(0.0 <= e.beta1 < 1.0 and 0.0 <= e.beta2 < 1.0, f"{w}.beta1/beta2: must be in [0, 1)")
+        need(0.0 <= e.real_label <= 1.0 and 0.0 <= e.fake_label <= 1.0, f"{w}.real_label/fake_label: must be in [0, 1]")
+        need(e.noise in ("normal", "uniform"), f"{w}.noise: must be 'normal' or 'uniform'")
+    need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
+    need(p.sample.num >= 1, "sample.num: must be >= 1")
+    need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
+    need(p.evaluate.num_samples >= 2, "evaluate.num_samples: must be >= 2")
+    need(p.evaluate.kid_subset_size >= 2, "evaluate.kid_subset_size: must be >= 2")
+    need(p.extractor.epochs >= 1, "extractor.epochs: must be >= 1")
+    need(p.extractor.lr > 0, "extractor.lr: must be > 0")
+
+
+def parse_params(raw: Any, root: Path = Path(".")) -> Params:
+    errors: list[str] = []
+    params = _build(Params, raw, "", errors)
+    if not errors:
+        _check_ranges(params, errors)
+    if errors:
+        raise ParamsError("invalid params: " + "; ".join(errors))
+    params.root = root
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw, path.resolve().parent)
+
+
+def as_dict(obj: Any) -> dict:
+    """Flat {dotted.key: value} view, for MLflow params and fingerprints."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if f.name == "root":
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in as_dict(value).items()})
+        else:
+            out[f.name] = value
+    return out

