@@ -36,12 +36,13 @@ def _work(args: tuple[Path, CropSettings]):
 
 
 def process_all(files: list[Path], s: CropSettings, workers: int = 1, desc: str = "prepare"):
-    """process_image over `files`, in input order, on `workers` processes."""
+    """process_image over `files`, in input order, on `workers` processes (spawned: a forked
+    child can deadlock on locks held by OpenCV's or torch's threads in the parent)."""
     jobs = [(f, s) for f in files]
     bar = dict(total=len(jobs), desc=desc, unit="img", disable=None)
     if workers <= 1:
         return [_work(j) for j in tqdm(jobs, **bar)]
-    with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         return list(tqdm(pool.imap(_work, jobs, chunksize=16), **bar))
 
 

@@ -22,11 +22,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
+# Read once at start-up: mlflow.set_tracking_uri() writes this variable itself.
+_ENV_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
 def tracking_uri(params: Params) -> str:
     if params.tracking.uri:
         return params.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _ENV_URI:
+        return _ENV_URI
     return f"sqlite:///{(params.root / 'mlflow.db').resolve().as_posix()}"
 
 

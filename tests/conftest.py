@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny projects and tiny images that the tests make themselves."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+TINY_DATASET = {
+    "source": "mnist-subset", "path": "", "split": "train", "limit": 120, "detect_faces": False,
+    "image_size": 16, "channels": 1, "margin": 0.25, "min_face_size": 24, "scale_factor": 1.1,
+    "min_neighbors": 3, "max_pixels": 50_000_000, "test_fraction": 0.2, "workers": 1,
+}
+TINY_EXPERIMENT = {
+    "variant": "dcgan", "dataset": "digits", "epochs": 1, "batch_size": 16, "z_dim": 8, "ngf": 4, "ndf": 4,
+    "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999, "real_label": 1.0, "fake_label": 0.0,
+    "noise": "normal",
+}
+TINY_PARAMS = {
+    "seed": 0,
+    "datasets": {"digits": TINY_DATASET},
+    "experiments": {"tiny": TINY_EXPERIMENT},
+    "train": {"device": "cpu", "grid_size": 16, "log_model": False},
+    "sample": {"num": 16, "interpolation_pairs": 2, "interpolation_steps": 4},
+    "extractor": {"epochs": 1, "batch_size": 32, "lr": 0.001, "features": 16},
+    "evaluate": {"num_samples": 40, "kid_subset_size": 10, "batch_size": 20},
+    "tracking": {"uri": ""},
+}
+
+
+def tiny_params(**overrides) -> dict:
+    """A deep copy of TINY_PARAMS with dotted-key overrides: tiny_params(**{"seed": 3})."""
+    raw = copy.deepcopy(TINY_PARAMS)
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return raw
+
+
+def write_params(root: Path, raw: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A tiny project root with params.yaml (120 real digits at 16x16, one 1-epoch experiment)."""
+    write_params(tmp_path, tiny_params())
+    return tmp_path / "params.yaml"
+
+
+@pytest.fixture
+def prepared(project):
+    """The tiny project after fetch + prepare."""
+    from dcganlab import paths
+    from dcganlab.config import load_params
+    from dcganlab.faces import CropSettings
+    from dcganlab.prepare import prepare
+    from dcganlab.sources import fetch
+
+    p = load_params(project)
+    ds = p.datasets["digits"]
+    fetch(ds, paths.raw_dir(p.root, "digits"), paths.downloads_dir(p.root))
+    prepare(paths.raw_dir(p.root, "digits"), paths.processed_dir(p.root, "digits"), CropSettings.from_dataset(ds),
+            ds.test_fraction, p.seed)
+    return p
+
+
+@pytest.fixture(scope="session")
+def face_photos(tmp_path_factory) -> Path:
+    """Real faces: scikit-image's astronaut photo and 6 LFW faces on a canvas, plus 3 non-faces."""
+    from skimage.data import astronaut, lfw_subset
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(astronaut()).save(folder / "astronaut.jpg")
+    lfw = lfw_subset()
+    for i in list(range(6)) + [150, 160, 170]:
+        big = Image.fromarray((lfw[i] * 255).astype(np.uint8)).resize((100, 100), Image.BICUBIC)
+        canvas = Image.new("L", (200, 200), 128)
+        canvas.paste(big, (50, 50))
+        canvas.save(folder / f"{'face' if i < 100 else 'nonface'}_{i}.png")
+    return folder

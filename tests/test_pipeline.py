@@ -1,0 +1,60 @@
+"""End to end: `dvc repro` on a tiny params file in a temp copy of the project."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_params, write_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path):
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    work = tmp_path / "project"
+    for name in files:
+        if (ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+    raw = tiny_params()
+    raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "limit": 30,
+                                "detect_faces": True, "channels": 3}
+    write_params(work, raw)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    _run(["git", "init", "-q"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "tiny"], work, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(dvc + ["repro"], work, env)
+
+    for out in ["data/raw/digits/manifest.csv", "data/raw/faces/manifest.csv",
+                "data/processed/digits/images.npy", "data/processed/faces/stats.json",
+                "models/extractors/digits.pt", "models/extractors/faces.pt",
+                "models/tiny/generator.pt", "models/tiny/train/checkpoint.pt",
+                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/tiny/samples.png",
+                "reports/tiny/interpolation.png", "reports/eval/tiny.json",
+                "reports/metrics.json", "reports/summary.md", "mlflow.db"]:
+        assert (work / out).is_file(), out
+    faces = json.loads((work / "data/processed/faces/stats.json").read_text())
+    assert faces["kept"] >= 28 and faces["discarded"].get("no_face", 0) == 30 - faces["kept"]
+    metrics = json.loads((work / "reports/metrics.json").read_text())
+    assert {"fid", "kid", "images_per_s", "extractor", "n_fake", "reference_split"} <= set(metrics["tiny"])
+
+    assert "up to date" in _run(dvc + ["status"], work, env)
+    second = _run(dvc + ["repro"], work, env)
+    assert "Running stage" not in second
+    assert "tiny" in _run(dvc + ["metrics", "show"], work, env)

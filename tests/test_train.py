@@ -1,0 +1,124 @@
+"""train: the DCGAN networks, the one loop, checkpoints, resume and MLflow tracking."""
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import tiny_params, write_params
+from dcganlab import paths
+from dcganlab.config import ExperimentParams, load_params
+from dcganlab.models import dcgan, dcgan_init
+from dcganlab.train import load_generator, train
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes_for_every_size(size, channels):
+    G = dcgan.Generator(z_dim=10, channels=channels, image_size=size, ngf=4)
+    D = dcgan.Discriminator(channels=channels, image_size=size, ndf=4)
+    x = G(torch.randn(2, 10))
+    assert x.shape == (2, channels, size, size) and x.abs().max() <= 1
+    assert D(x).logit.shape == (2,)
+
+
+def test_dcgan_64_matches_the_reference_architecture():
+    G = dcgan.Generator(100, 3, 64, 64)
+    D = dcgan.Discriminator(3, 64, 64)
+    convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == [512, 256, 128, 64, 3]
+    assert isinstance(list(G.modules())[-1], torch.nn.Tanh)
+    first = list(D.features)[:2]
+    assert isinstance(first[0], torch.nn.Conv2d) and isinstance(first[1], torch.nn.LeakyReLU)  # no BN on input
+    assert sum(p.numel() for p in G.parameters()) == 3576704  # pytorch/examples netG at nz=100, ngf=64
+
+
+def test_dcgan_init():
+    torch.manual_seed(0)
+    G = dcgan.Generator(100, 3, 64, 64)
+    G.apply(dcgan_init)
+    w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    bn = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(bn.mean().item() - 1.0) < 0.01
+
+
+def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
+    torch.manual_seed(0)
+    summary = train(prepared, "tiny", progress=False)
+    state = paths.state_dir(prepared.root, "tiny")
+    ckpt = torch.load(state / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and set(ckpt) >= {"G", "D", "opt_g", "opt_d", "rng_cpu", "history"}
+    G0 = dcgan.Generator(8, 1, 16, 4)
+    torch.manual_seed(prepared.seed)
+    G0.apply(dcgan_init)  # the initial weights (same seed, same construction order)
+    assert not torch.equal(G0.state_dict()["main.0.weight"], ckpt["G"]["main.0.weight"])
+    assert (state / "grids/epoch_0001.png").is_file() and (state / "generators/epoch_0001.pt").is_file()
+    G, meta = load_generator(paths.generator_path(prepared.root, "tiny"))
+    assert G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
+    assert summary["epochs"] == 1 and summary["images_per_s"] > 0
+    losses = (prepared.root / "reports/tiny/losses.csv").read_text().splitlines()
+    assert losses[0].startswith("epoch,loss_d,loss_g,d_real,d_fake")
+
+    run_id = json.loads((state / "mlflow_run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == \
+        {"variant": "dcgan", "dataset": "digits", "experiment": "tiny"}
+    assert "git_commit" in run.data.tags
+    assert run.data.params["experiment.lr_g"] == "0.0002"
+    assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(run.data.metrics)
+
+
+def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+    from conftest import TINY_PARAMS  # noqa: F401  (documents where the settings come from)
+    from dcganlab.faces import CropSettings
+    from dcganlab.prepare import prepare
+    from dcganlab.sources import fetch
+
+    def setup(root, epochs):
+        write_params(root, tiny_params(**{"experiments.tiny.epochs": epochs}))
+        p = load_params(root / "params.yaml")
+        ds = p.datasets["digits"]
+        fetch(ds, paths.raw_dir(root, "digits"), paths.downloads_dir(root))
+        prepare(paths.raw_dir(root, "digits"), paths.processed_dir(root, "digits"), CropSettings.from_dataset(ds),
+                ds.test_fraction, p.seed)
+        return p
+
+    straight = setup(tmp_path / "a", 2)
+    train(straight, "tiny", progress=False)
+    resumed = setup(tmp_path / "b", 1)
+    train(resumed, "tiny", progress=False)          # "interrupted" after epoch 1
+    run_id = json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"]
+    resumed = setup(tmp_path / "b", 2)
+    train(resumed, "tiny", progress=False)          # rerun: resumes at epoch 2
+    assert json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"] == run_id
+    a = torch.load(paths.generator_path(straight.root, "tiny"), weights_only=True)["state_dict"]
+    b = torch.load(paths.generator_path(resumed.root, "tiny"), weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = mlflow.MlflowClient(f"sqlite:///{resumed.root / 'mlflow.db'}").get_metric_history(run_id, "loss_d")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_changed_params_start_afresh(prepared, capsys):
+    train(prepared, "tiny", progress=False)
+    raw = tiny_params(**{"experiments.tiny.lr_d": 1e-3})
+    write_params(prepared.root, raw)
+    train(load_params(prepared.root / "params.yaml"), "tiny", progress=False)
+    assert "starting afresh" in capsys.readouterr().out
+
+
+def test_unknown_experiment_and_missing_data_are_one_line_errors(project):
+    from typer.testing import CliRunner
+
+    from dcganlab.cli import app
+
+    result = CliRunner().invoke(app, ["train", "nope", "--params", str(project)])
+    assert result.exit_code == 1 and result.output == "error: unknown experiment 'nope' (params.yaml has: tiny)\n"
+    result = CliRunner().invoke(app, ["train", "tiny", "--params", str(project)])
+    assert result.exit_code == 1 and "no processed data" in result.output and "Traceback" not in result.output
+
+
+def test_experiment_params_round_trip_through_the_generator_file(prepared):
+    train(prepared, "tiny", progress=False)
+    _, meta = load_generator(paths.generator_path(prepared.root, "tiny"))
+    assert meta["experiment"] == ExperimentParams(**tiny_params()["experiments"]["tiny"])
