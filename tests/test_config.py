@@ -30,7 +30,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
     ("experiments.tiny.batch_size", 1, "batch_size: must be >= 2"),
     ("experiments.tiny.epochs", "ten", "expected int"),
     ("datasets.digits.source", "imagenet", "unknown source 'imagenet'"),
-    ("datasets.digits.image_size", 48, "cannot produce 48x48"),
+    ("datasets.digits.image_size", 40, "cannot produce 40x40"),
     ("datasets.digits.channels", 2, "channels: must be 1 or 3"),
 ])
 def test_invalid_params_are_rejected_with_a_clear_message(key, value, message):

@@ -47,8 +47,11 @@ def test_sample_and_evaluate_commands(trained):
     runner = CliRunner()
     result = runner.invoke(app, ["sample", "tiny", "--params", params])
     assert result.exit_code == 0, result.output
-    assert Image.open(root / "reports/tiny/samples.png").size == (4 * 18 + 2, 4 * 18 + 2)  # 16 samples, 4x4
-    assert Image.open(root / "reports/tiny/interpolation.png").size == (4 * 18 + 2, 2 * 18 + 2)
+    samples = root / "reports/tiny/samples"
+    assert Image.open(samples / "grid.png").size == (4 * 18 + 2, 4 * 18 + 2)  # 16 samples, 4x4
+    assert Image.open(samples / "interpolation.png").size == (4 * 18 + 2, 2 * 18 + 2)
+    assert Image.open(samples / "nice.png").size == (4 * 18 + 2, 4 * 18 + 2)
+    assert not (samples / "classes.png").exists()  # unconditional model
     result = runner.invoke(app, ["evaluate", "tiny", "--params", params])
     assert result.exit_code == 0, result.output
     m = json.loads(paths.eval_path(root, "tiny").read_text())

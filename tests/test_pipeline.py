@@ -44,9 +44,9 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
     for out in ["data/raw/digits/manifest.csv", "data/raw/faces/manifest.csv",
                 "data/processed/digits/images.npy", "data/processed/faces/stats.json",
                 "models/extractors/digits.pt", "models/extractors/faces.pt",
-                "models/tiny/generator.pt", "models/tiny/train/checkpoint.pt",
-                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/tiny/samples.png",
-                "reports/tiny/interpolation.png", "reports/eval/tiny.json",
+                "models/tiny/model.pt", "models/tiny/train/checkpoint.pt",
+                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/tiny/samples/grid.png",
+                "reports/tiny/samples/interpolation.png", "reports/eval/tiny.json",
                 "reports/metrics.json", "reports/summary.md", "mlflow.db"]:
         assert (work / out).is_file(), out
     faces = json.loads((work / "data/processed/faces/stats.json").read_text())

@@ -9,7 +9,7 @@ from conftest import tiny_params, write_params
 from dcganlab import paths
 from dcganlab.config import ExperimentParams, load_params
 from dcganlab.models import dcgan, dcgan_init
-from dcganlab.train import load_generator, train
+from dcganlab.train import load_model, train
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
@@ -53,7 +53,8 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     G0.apply(dcgan_init)  # the initial weights (same seed, same construction order)
     assert not torch.equal(G0.state_dict()["main.0.weight"], ckpt["G"]["main.0.weight"])
     assert (state / "grids/epoch_0001.png").is_file() and (state / "generators/epoch_0001.pt").is_file()
-    G, meta = load_generator(paths.generator_path(prepared.root, "tiny"))
+    G, D, meta = load_model(paths.model_path(prepared.root, "tiny"))
+    assert D is not None and D(G(torch.randn(2, 8))).logit.shape == (2,)
     assert G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
     assert summary["epochs"] == 1 and summary["images_per_s"] > 0
     losses = (prepared.root / "reports/tiny/losses.csv").read_text().splitlines()
@@ -92,8 +93,8 @@ def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(
     resumed = setup(tmp_path / "b", 2)
     train(resumed, "tiny", progress=False)          # rerun: resumes at epoch 2
     assert json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"] == run_id
-    a = torch.load(paths.generator_path(straight.root, "tiny"), weights_only=True)["state_dict"]
-    b = torch.load(paths.generator_path(resumed.root, "tiny"), weights_only=True)["state_dict"]
+    a = torch.load(paths.model_path(straight.root, "tiny"), weights_only=True)["state_dict"]
+    b = torch.load(paths.model_path(resumed.root, "tiny"), weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = mlflow.MlflowClient(f"sqlite:///{resumed.root / 'mlflow.db'}").get_metric_history(run_id, "loss_d")
     assert sorted(m.step for m in history) == [1, 2]
@@ -120,5 +121,5 @@ def test_unknown_experiment_and_missing_data_are_one_line_errors(project):
 
 def test_experiment_params_round_trip_through_the_generator_file(prepared):
     train(prepared, "tiny", progress=False)
-    _, meta = load_generator(paths.generator_path(prepared.root, "tiny"))
+    _, _, meta = load_model(paths.model_path(prepared.root, "tiny"))
     assert meta["experiment"] == ExperimentParams(**tiny_params()["experiments"]["tiny"])

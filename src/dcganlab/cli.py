@@ -6,6 +6,7 @@ modules are imported inside the commands so `--help` and the data stages stay fa
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +30,12 @@ def _run(work: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("DCGANLAB_DEBUG"):
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                   f"(set DCGANLAB_DEBUG=1 for the traceback)", err=True)
+        raise typer.Exit(1)
 
 
 def _names(chosen: Optional[str], available: dict, kind: str) -> list[str]:
@@ -131,7 +138,7 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
           params: Path = ParamsOpt) -> None:
     """Train an experiment's GAN (resumes from models/<exp>/train/checkpoint.pt). Reads
     data/processed/<dataset>/ and params `experiments.<exp>`, `train`, `seed`; writes
-    models/<exp>/generator.pt, models/<exp>/train/ (checkpoint, per-epoch generators and
+    models/<exp>/model.pt, models/<exp>/train/ (checkpoint, per-epoch generators and
     grids), reports/<exp>/losses.csv and train.json; logs an MLflow run."""
     def work():
         from dcganlab.train import train as train_stage
@@ -145,16 +152,29 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
 
 @app.command()
 def sample(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
+           label: Optional[str] = typer.Option(None, "--label", help="conditional models: draw this class only"),
+           num: int = typer.Option(16, "--num", help="with --label: how many samples"),
+           out: Optional[Path] = typer.Option(None, "--out", help="with --label: output PNG"),
            params: Path = ParamsOpt) -> None:
-    """Sample a trained generator. Reads models/<exp>/generator.pt and params `sample`;
-    writes reports/<exp>/samples.png (non-cherry-picked grid) and interpolation.png."""
+    """Sample a trained model. Reads models/<exp>/model.pt and params `sample`; writes
+    reports/<exp>/samples/: grid.png (non-cherry-picked), interpolation.png, nice.png
+    (discriminator-ranked), classes.png (conditional: one row per class). With --label,
+    writes only --out (default reports/<exp>/label_<label>.png)."""
     def work():
-        from dcganlab.sample import sample as sample_stage
+        from dcganlab import paths
+        from dcganlab.sample import draw_label, sample as sample_stage
 
         p = _params(params)
+        if label is not None:
+            if experiment is None:
+                raise UserError("--label needs an experiment name")
+            p.experiment(experiment)
+            path = draw_label(p, experiment, label, num, out or paths.report_dir(p.root, experiment) / f"label_{label}.png")
+            typer.echo(f"sample {experiment}: {num} x '{label}' -> {path}")
+            return
         for name in _names(experiment, p.experiments, "experiment"):
-            out = sample_stage(p, name)
-            typer.echo(f"sample {name}: {out['samples']}, {out['interpolation']}")
+            files = sample_stage(p, name)
+            typer.echo(f"sample {name}: {', '.join(files.values())}")
     _run(work)
 
 
@@ -162,7 +182,7 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
 def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
              params: Path = ParamsOpt) -> None:
     """FID/KID of a trained generator on the dataset's domain extractor. Reads
-    models/<exp>/generator.pt, models/extractors/<dataset>.pt, data/processed/<dataset>/;
+    models/<exp>/model.pt, models/extractors/<dataset>.pt, data/processed/<dataset>/;
     writes reports/eval/<exp>.json (each number with extractor, counts and split)."""
     def work():
         from dcganlab.evaluate import evaluate as evaluate_stage
@@ -194,7 +214,25 @@ def variants() -> None:
     from dcganlab.variants import VARIANTS
 
     for v in VARIANTS.values():
-        typer.echo(f"{v.name:14s} {v.description} (sizes {', '.join(map(str, v.sizes))})")
+        typer.echo(f"{v.name:14s} {v.description} (sizes: {v.size_text})")
+
+
+@app.command()
+def preset(name: Optional[str] = typer.Argument(None, help="preset name (default: list them)")) -> None:
+    """The seed papers' full settings. Without NAME, lists the presets; with NAME, prints the
+    `-S` overrides that add its dataset and experiment, for
+    `dvc exp run $(dcganlab preset NAME)`. Writes nothing."""
+    def work():
+        from dcganlab.presets import PRESETS, overrides
+
+        if name is None:
+            for key, p in PRESETS.items():
+                typer.echo(f"{key:18s} {p.description}")
+            return
+        if name not in PRESETS:
+            raise UserError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+        typer.echo(" ".join(overrides(name)))
+    _run(work)
 
 
 def main() -> None:

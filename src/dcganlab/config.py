@@ -52,9 +52,15 @@ class ExperimentParams:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    real_label: float = 1.0      # target for real images in D's loss (0.9 = one-sided smoothing)
-    fake_label: float = 0.0
+    momentum: float = 0.9        # SGD variants (upsample-gan): Nesterov momentum
+    real_label: float = 1.0      # target for real images in D's loss (0.9 = label smoothing)
+    fake_label: float = 0.0      # target for generated images in D's loss (0.1 = label smoothing)
     noise: str = "normal"        # normal | uniform (in [-1, 1])
+    feature_matching: float = 0.0  # weight of the feature-matching term in G's loss
+    lr_decay: float = 1.0        # both learning rates are multiplied by this after every epoch
+    flip_p: float = 0.0          # probability of a horizontal flip of each real image
+    smooth_sigma: float = 1.0    # cartoon-128: sigma of the Gaussian filter on G's output
+    seed_offset: int = 0         # added to `seed` (replicates of one recipe)
 
 
 @dataclass
@@ -207,6 +213,11 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(0.0 <= e.beta1 < 1.0 and 0.0 <= e.beta2 < 1.0, f"{w}.beta1/beta2: must be in [0, 1)")
         need(0.0 <= e.real_label <= 1.0 and 0.0 <= e.fake_label <= 1.0, f"{w}.real_label/fake_label: must be in [0, 1]")
         need(e.noise in ("normal", "uniform"), f"{w}.noise: must be 'normal' or 'uniform'")
+        need(0.0 <= e.momentum < 1.0, f"{w}.momentum: must be in [0, 1)")
+        need(e.feature_matching >= 0.0, f"{w}.feature_matching: must be >= 0")
+        need(0.0 < e.lr_decay <= 1.0, f"{w}.lr_decay: must be in (0, 1]")
+        need(0.0 <= e.flip_p <= 1.0, f"{w}.flip_p: must be in [0, 1]")
+        need(e.smooth_sigma > 0.0, f"{w}.smooth_sigma: must be > 0")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.sample.num >= 1, "sample.num: must be >= 1")
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")

@@ -17,7 +17,8 @@ from dcganlab.atomic import write_json
 from dcganlab.config import Params
 from dcganlab.extractor import describe, load_extractor, to_float
 from dcganlab.tracking import existing_run
-from dcganlab.train import generate, load_generator, load_processed, sample_noise
+from dcganlab.sample import balanced_labels
+from dcganlab.train import generate, load_model, load_processed, sample_noise
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, 
 def evaluate(params: Params, name: str) -> dict:
     root = params.root
     e = params.experiment(name)
-    G, meta = load_generator(paths.generator_path(root, name))
+    G, _, meta = load_model(paths.model_path(root, name))
     extractor, info = load_extractor(paths.extractor_path(root, e.dataset))
     data = load_processed(paths.processed_dir(root, e.dataset))
     images, split = data["images"], data["split"]
@@ -48,7 +49,9 @@ def evaluate(params: Params, name: str) -> dict:
     n_real = min(params.evaluate.num_samples, len(ref))
     gen = torch.Generator().manual_seed(params.seed + 200)
     real = to_float(ref[torch.randperm(len(ref), generator=gen)[:n_real].numpy()])
-    fake = generate(G, sample_noise(params.evaluate.num_samples, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen))
+    n_fake = params.evaluate.num_samples
+    z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
+    fake = generate(G, z, balanced_labels(n_fake, meta["num_classes"]))
     scores = fid_kid(extractor, real, fake, params.evaluate.kid_subset_size, params.evaluate.batch_size, params.seed)
 
     train_imgs = images[split == 0]

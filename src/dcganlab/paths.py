@@ -26,8 +26,8 @@ def state_dir(root: Path, experiment: str) -> Path:
     return model_dir(root, experiment) / "train"
 
 
-def generator_path(root: Path, experiment: str) -> Path:
-    return model_dir(root, experiment) / "generator.pt"
+def model_path(root: Path, experiment: str) -> Path:
+    return model_dir(root, experiment) / "model.pt"
 
 
 def extractor_path(root: Path, dataset: str) -> Path:

@@ -37,7 +37,7 @@ def report(params: Params) -> dict:
         lines.append(f"- **{name}**: extractor {m['extractor']}; {m['n_fake']} generated vs {m['n_real']} real images "
                      f"from {m['reference_split']}; KID subset size {m['kid_subset_size']}.")
     for name in metrics:
-        lines += ["", f"## {name}", "", f"![samples]({name}/samples.png)", "",
-                  f"![interpolation]({name}/interpolation.png)"]
+        lines += ["", f"## {name}", "", f"![samples]({name}/samples/grid.png)", "",
+                  f"![interpolation]({name}/samples/interpolation.png)"]
     write_text(root / "reports" / "summary.md", "\n".join(lines) + "\n")
     return metrics

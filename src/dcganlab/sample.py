@@ -1,21 +1,25 @@
 """sample: a grid of non-cherry-picked samples and a latent interpolation strip.
 
-Writes reports/<experiment>/samples.png (the first `sample.num` samples of a seeded draw)
-and reports/<experiment>/interpolation.png (one row per random pair of latent vectors,
-`interpolation_steps` images from one end to the other; spherical interpolation for
-Gaussian noise, linear for uniform noise), and logs both to the experiment's MLflow run.
+Writes to reports/<experiment>/samples/ and the experiment's MLflow run:
+- samples.png: the first `sample.num` samples of a seeded draw (not cherry-picked);
+- interpolation.png: one row per random pair of latent vectors, `interpolation_steps`
+  images from one end to the other (spherical for Gaussian noise, linear for uniform);
+- nice.png: discriminator-ranked samples (the best `sample.num` of 20x as many);
+- classes.png (conditional models): one row per class.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from dcganlab import paths
-from dcganlab.atomic import save_png
+from dcganlab.atomic import atomic_dir, save_png
 from dcganlab.config import Params
+from dcganlab.errors import UserError
 from dcganlab.tracking import existing_run
-from dcganlab.train import generate, load_generator, sample_noise, to_grid
+from dcganlab.train import generate, load_model, sample_noise, to_grid
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -33,22 +37,69 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, spherical: bool) -
     return (a[:, None] * (1 - t[None, :, None]) + b[:, None] * t[None, :, None]).reshape(-1, a.shape[1])
 
 
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
+    """0, 1, ..., K-1, 0, 1, ... (None for unconditional models)."""
+    return torch.arange(n) % num_classes if num_classes else None
+
+
+@torch.no_grad()
+def nice_samples(G, D, n: int, z_dim: int, noise: str, factor: int = 20, gen: torch.Generator | None = None,
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw factor * n samples, score each with D, keep the n highest-scoring (best first).
+
+    Returns (images, scores). Unlike the published Keras code, which always kept the same
+    index, every candidate is scored and the top n are kept."""
+    z = sample_noise(factor * n, z_dim, noise, "cpu", gen)
+    cand_labels = None if labels is None else labels.repeat(factor)
+    images = generate(G, z, cand_labels)
+    scores = torch.cat([D(images[i: i + 256]).logit for i in range(0, len(images), 256)])
+    top = scores.argsort(descending=True)[:n]
+    return images[top], scores[top]
+
+
+def draw_label(params: Params, name: str, label: str, num: int, out: Path) -> Path:
+    """`dcganlab sample EXP --label 7`: `num` samples of one class from a conditional model."""
+    G, _, meta = load_model(paths.model_path(params.root, name))
+    if not meta["num_classes"]:
+        raise UserError(f"experiment '{name}' ({meta['experiment'].variant}) is not conditional; --label needs cgan")
+    if label not in meta["classes"]:
+        raise UserError(f"unknown label '{label}' (classes: {', '.join(meta['classes'])})")
+    e = meta["experiment"]
+    z = sample_noise(num, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(params.seed + 300))
+    images = generate(G, z, torch.full((num,), meta["classes"].index(label)))
+    save_png(out, to_grid(images, nrow=math.ceil(math.sqrt(num))))
+    return out
+
+
 def sample(params: Params, name: str) -> dict:
     root = params.root
-    G, meta = load_generator(paths.generator_path(root, name))
-    e = meta["experiment"]
+    G, D, meta = load_model(paths.model_path(root, name))
+    e, k = meta["experiment"], meta["num_classes"]
     gen = torch.Generator().manual_seed(params.seed + 100)
     s = params.sample
+    out = paths.report_dir(root, name) / "samples"
+    written = {}
+
     z = sample_noise(s.num, e.z_dim, e.noise, "cpu", gen)
-    grid = to_grid(generate(G, z), nrow=math.ceil(math.sqrt(s.num)))
+    written["grid"] = to_grid(generate(G, z, balanced_labels(s.num, k)), nrow=math.ceil(math.sqrt(s.num)))
     a = sample_noise(s.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
     b = sample_noise(s.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
-    strip = to_grid(generate(G, interpolate(a, b, s.interpolation_steps, e.noise == "normal")), nrow=s.interpolation_steps)
-    out = paths.report_dir(root, name)
-    save_png(out / "samples.png", grid)
-    save_png(out / "interpolation.png", strip)
+    z_path = interpolate(a, b, s.interpolation_steps, e.noise == "normal")
+    path_labels = None if not k else (torch.arange(s.interpolation_pairs) % k).repeat_interleave(s.interpolation_steps)
+    written["interpolation"] = to_grid(generate(G, z_path, path_labels), nrow=s.interpolation_steps)
+    if D is not None:
+        nice, _ = nice_samples(G, D, s.num, e.z_dim, e.noise, 20, gen, balanced_labels(s.num, k))
+        written["nice"] = to_grid(nice, nrow=math.ceil(math.sqrt(s.num)))
+    if k:  # one row per class, 8 samples each
+        z = sample_noise(8, e.z_dim, e.noise, "cpu", gen).repeat(k, 1)
+        written["classes"] = to_grid(generate(G, z, torch.arange(k).repeat_interleave(8)), nrow=8)
+
+    with atomic_dir(out) as tmp:  # the folder is swapped in whole: no stale or partial images
+        for key, image in written.items():
+            image.save(tmp / f"{key}.png", format="PNG")
+    files = {key: out / f"{key}.png" for key in written}
     with existing_run(params, paths.state_dir(root, name)) as mlflow:
         if mlflow is not None:
-            mlflow.log_artifact(str(out / "samples.png"), "samples")
-            mlflow.log_artifact(str(out / "interpolation.png"), "samples")
-    return {"samples": str(out / "samples.png"), "interpolation": str(out / "interpolation.png")}
+            for path in files.values():
+                mlflow.log_artifact(str(path), "samples")
+    return {k: str(v) for k, v in files.items()}

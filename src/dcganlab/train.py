@@ -29,7 +29,7 @@ from dcganlab import paths
 from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import Params, as_dict
 from dcganlab.errors import UserError
-from dcganlab.models import DOut, dcgan_init
+from dcganlab.models import DOut
 from dcganlab.tracking import training_run
 from dcganlab.variants import VARIANTS
 
@@ -83,17 +83,32 @@ def fingerprint(params: Params, name: str, data_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_generator(path: Path, device: torch.device | str = "cpu"):
-    """(G in eval mode, metadata) from a generator.pt or per-epoch file (weights only)."""
+def build_networks(e, channels: int, size: int, num_classes: int = 0):
+    """(G, D) of the experiment's variant with the variant's weight init."""
+    variant = VARIANTS[e.variant]
+    G, D = variant.build(e, channels, size, num_classes if variant.conditional else 0)
+    G.apply(variant.init)
+    D.apply(variant.init)
+    return G, D
+
+
+def load_model(path: Path, device: torch.device | str = "cpu"):
+    """(G, D or None, metadata) from models/<exp>/model.pt or a per-epoch generator file.
+    Weights only: nothing is unpickled."""
     if not path.is_file():
-        raise UserError(f"no trained generator at {path} (run `dcganlab train` first)")
+        raise UserError(f"no trained model at {path} (run `dcganlab train` first)")
     blob = torch.load(path, map_location=device, weights_only=True)
     from dcganlab.config import ExperimentParams
 
     e = ExperimentParams(**blob["experiment"])
-    G, _ = VARIANTS[e.variant].build(e, blob["channels"], blob["image_size"])
+    G, D = VARIANTS[e.variant].build(e, blob["channels"], blob["image_size"], blob.get("num_classes", 0))
     G.load_state_dict(blob["state_dict"])
-    return G.to(device).eval(), {**blob, "experiment": e}
+    if "discriminator" in blob:
+        D.load_state_dict(blob["discriminator"])
+        D = D.to(device).eval()
+    else:
+        D = None
+    return G.to(device).eval(), D, {**blob, "experiment": e}
 
 
 # ---------------------------------------------------------------- the GAN update
@@ -101,14 +116,52 @@ def bce(logit: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
 
 
-def d_loss(e, real_out: DOut, fake_out: DOut) -> torch.Tensor:
-    # maximize log(D(x)) + log(1 - D(G(z))), with optional label smoothing targets
-    return bce(real_out.logit, e.real_label) + bce(fake_out.logit, e.fake_label)
+def d_loss(e, real_out: DOut, fake_out: DOut, real_labels, fake_labels) -> torch.Tensor:
+    # maximize log(D(x)) + log(1 - D(G(z))), targets real_label / fake_label (label smoothing)
+    loss = bce(real_out.logit, e.real_label) + bce(fake_out.logit, e.fake_label)
+    if real_out.class_logits is not None:  # AC-GAN: classify real and generated images
+        loss = loss + F.cross_entropy(real_out.class_logits, real_labels) + F.cross_entropy(fake_out.class_logits, fake_labels)
+    return loss
 
 
-def g_loss(e, fake_out: DOut) -> torch.Tensor:
+def feature_matching(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """Squared distance between the mean discriminator features of a real and a fake batch."""
+    return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).mean()
+
+
+def g_loss(e, gen_out: DOut, real_out: DOut, fake_labels) -> torch.Tensor:
     # non-saturating: maximize log(D(G(z)))
-    return bce(fake_out.logit, 1.0)
+    loss = bce(gen_out.logit, 1.0)
+    if gen_out.class_logits is not None:
+        loss = loss + F.cross_entropy(gen_out.class_logits, fake_labels)
+    if e.feature_matching > 0:
+        loss = loss + e.feature_matching * feature_matching(real_out.features, gen_out.features)
+    return loss
+
+
+def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """One GAN update on a batch in [-1, 1]; returns [loss_d, loss_g, D(x), D(G(z))] (no host sync)."""
+    batch = real.shape[0]
+    if e.flip_p > 0:
+        flip = torch.rand(batch, device=real.device) < e.flip_p
+        real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+    z = sample_noise(batch, e.z_dim, e.noise, real.device)
+    fake_labels = torch.randint(num_classes, (batch,), device=real.device) if num_classes else None
+    fake = G(z, fake_labels)
+    # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
+    real_out, fake_out = D(real), D(fake.detach())
+    loss_d = d_loss(e, real_out, fake_out, labels, fake_labels)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    # (2) Update G network: maximize log(D(G(z)))
+    gen_out = D(fake)
+    loss_g = g_loss(e, gen_out, real_out, fake_labels)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_out.logit.detach()).mean(),
+                        torch.sigmoid(fake_out.logit.detach()).mean()])
 
 
 # ---------------------------------------------------------------- the loop
@@ -127,23 +180,29 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     if problem:
         raise UserError(problem)
 
+    num_classes = len(data["stats"]["classes"]) if variant.conditional else 0
+    if variant.conditional and (num_classes < 2 or (data["labels"] < 0).any()):
+        raise UserError(f"variant '{e.variant}' needs labeled images; {data_dir} has classes {data['stats']['classes']}")
+
     device = pick_device(params.train.device)
     train_mask = data["split"] == 0
     images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
+    labels = torch.from_numpy(data["labels"][train_mask]).to(device)
     n = len(images)
-    batch = min(e.batch_size, n)
-    steps = n // batch
     if n < 2:
         raise UserError(f"dataset '{e.dataset}' has {n} training images; need at least 2")
+    batch = min(e.batch_size, n)
+    steps = n // batch
 
-    torch.manual_seed(params.seed)
-    G, D = variant.build(e, channels, size)
-    G.apply(dcgan_init)
-    D.apply(dcgan_init)
+    seed = params.seed + e.seed_offset
+    torch.manual_seed(seed)
+    G, D = build_networks(e, channels, size, num_classes)
     G, D = G.to(device), D.to(device)
     opt_g, opt_d = variant.optimizers(e, G, D)
-    fixed_z = sample_noise(params.train.grid_size, e.z_dim, e.noise, device, torch.Generator().manual_seed(params.seed + 1))
-    order = torch.Generator().manual_seed(params.seed)
+    grid_gen = torch.Generator().manual_seed(seed + 1)
+    fixed_z = sample_noise(params.train.grid_size, e.z_dim, e.noise, device, grid_gen)
+    fixed_labels = (torch.arange(params.train.grid_size, device=device) % num_classes) if num_classes else None
+    order = torch.Generator().manual_seed(seed)
 
     state = paths.state_dir(root, name)
     ckpt_path = state / "checkpoint.pt"
@@ -175,35 +234,23 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
                                "image_size": size, "channels": channels})
         for epoch in range(start, e.epochs + 1):
             t0 = time.perf_counter()
+            for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
+                for group in opt.param_groups:
+                    group["lr"] = lr * e.lr_decay ** (epoch - 1)
             perm = torch.randperm(n, generator=order).to(device)
             sums = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)): synced once per epoch
             for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False, disable=None if progress else True):
-                real = images[perm[i * batch: (i + 1) * batch]].float().div_(127.5).sub_(1.0)
-                z = sample_noise(batch, e.z_dim, e.noise, device)
-                fake = G(z)
-                # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-                real_out, fake_out = D(real), D(fake.detach())
-                loss_d = d_loss(e, real_out, fake_out)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                # (2) Update G network: maximize log(D(G(z)))
-                gen_out = D(fake)
-                loss_g = g_loss(e, gen_out)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                sums += torch.stack([loss_d.detach(), loss_g.detach(),
-                                     torch.sigmoid(real_out.logit.detach()).mean(),
-                                     torch.sigmoid(fake_out.logit.detach()).mean()])
+                idx = perm[i * batch: (i + 1) * batch]
+                real = images[idx].float().div_(127.5).sub_(1.0)
+                sums += train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
             train_s = time.perf_counter() - t0
             loss_d_m, loss_g_m, d_x, d_gz = (sums / steps).tolist()
             if not all(math.isfinite(v) for v in (loss_d_m, loss_g_m)):
                 raise UserError(f"{name}: non-finite loss in epoch {epoch} (loss_d={loss_d_m}, loss_g={loss_g_m}); "
                                 f"last good checkpoint kept at {ckpt_path}")
-            grid = to_grid(generate(G, fixed_z))
+            grid = to_grid(generate(G, fixed_z, fixed_labels))
             save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
-            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt", _generator_blob(G, e, channels, size, data, fp))
+            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt", _model_blob(G, None, e, channels, size, num_classes, data, fp))
             wall = (history[-1]["wall_s"] if history else 0.0) + (time.perf_counter() - t0)
             row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
                    "images_per_s": steps * batch / train_s, "images": steps * batch, "train_s": train_s, "wall_s": wall}
@@ -219,18 +266,22 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
             print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
                   f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
 
-        summary = _finish(params, name, G, e, channels, size, data, fp, history, device, mlflow)
+        summary = _finish(params, name, G, D, e, channels, size, num_classes, data, fp, history, device, mlflow)
     return summary
 
 
-def _generator_blob(G, e, channels, size, data, fp) -> dict:
-    return {"state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()}, "experiment": asdict(e),
-            "channels": channels, "image_size": size, "classes": data["stats"]["classes"], "fingerprint": fp}
+def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
+    blob = {"state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()}, "experiment": asdict(e),
+            "channels": channels, "image_size": size, "num_classes": num_classes,
+            "classes": data["stats"]["classes"], "fingerprint": fp}
+    if D is not None:
+        blob["discriminator"] = {k: v.detach().cpu() for k, v in D.state_dict().items()}
+    return blob
 
 
-def _finish(params, name, G, e, channels, size, data, fp, history, device, mlflow) -> dict:
+def _finish(params, name, G, D, e, channels, size, num_classes, data, fp, history, device, mlflow) -> dict:
     root = params.root
-    save_torch(paths.generator_path(root, name), _generator_blob(G, e, channels, size, data, fp))
+    save_torch(paths.model_path(root, name), _model_blob(G, D, e, channels, size, num_classes, data, fp))
     report = paths.report_dir(root, name)
     write_csv(report / "losses.csv", pd.DataFrame(history))
     summary = {
@@ -248,7 +299,10 @@ def _finish(params, name, G, e, channels, size, data, fp, history, device, mlflo
         import mlflow.pytorch
 
         # pt2 (torch.export) format: loading it unpickles nothing
-        example = sample_noise(2, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(0)).numpy()
+        gen = torch.Generator().manual_seed(0)
+        example = sample_noise(2, e.z_dim, e.noise, "cpu", gen).numpy()
+        if num_classes:
+            example = (example, torch.arange(2).numpy())
         mlflow.pytorch.log_model(G.cpu().eval(), name="generator", input_example=example,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return summary

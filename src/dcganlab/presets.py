@@ -1,0 +1,89 @@
+"""The seed papers' full settings, as named presets.
+
+A preset is one dataset entry and one experiment entry for params.yaml. `dcganlab preset NAME`
+prints them as `-S` overrides, so one command runs a paper's setting on real data:
+
+    dvc exp run $(dcganlab preset resnet-exp8)
+
+(the preset's dataset must be downloadable, or for `folder` sources present at its path).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from dcganlab.config import DatasetParams, ExperimentParams
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    dataset_name: str
+    dataset: dict
+    experiment: dict = field(default_factory=dict)
+
+    def entries(self) -> tuple[DatasetParams, ExperimentParams]:
+        return DatasetParams(**self.dataset), ExperimentParams(dataset=self.dataset_name, **self.experiment)
+
+
+_CIFAR64 = {"source": "cifar10", "image_size": 64, "channels": 3}
+_STL64 = {"source": "stl10", "split": "unlabeled", "image_size": 64, "channels": 3}
+_CELEBA64 = {"source": "celeba", "split": "all", "detect_faces": True, "image_size": 64, "channels": 3, "min_face_size": 40}
+_CARTOON128 = {"source": "folder", "path": "data/external/cartoon", "image_size": 128, "channels": 3}
+_ANIME96 = {"source": "folder", "path": "data/external/anime", "image_size": 96, "channels": 3}
+_MNIST32 = {"source": "mnist", "image_size": 32, "channels": 1}
+_MNIST28 = {"source": "mnist", "image_size": 28, "channels": 1}
+_FASHION28 = {"source": "fashion-mnist", "image_size": 28, "channels": 1}
+
+_DCGAN = {"variant": "dcgan", "epochs": 25, "batch_size": 128, "z_dim": 100, "ngf": 64, "ndf": 64,
+          "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5}
+_ANIME = {"epochs": 20, "batch_size": 64, "z_dim": 100, "ngf": 64, "ndf": 64, "beta1": 0.5}
+_UPSAMPLE = {"variant": "upsample-gan", "epochs": 30, "batch_size": 128, "z_dim": 100, "lr_g": 5e-4, "lr_d": 5e-4,
+             "momentum": 0.9, "noise": "uniform"}
+
+PRESETS: dict[str, Preset] = {
+    "dcgan-cifar10": Preset("Radford et al. DCGAN, CIFAR-10 at 64x64", "cifar10-64", _CIFAR64, _DCGAN),
+    "dcgan-stl10": Preset("Radford et al. DCGAN, STL-10 (unlabeled split) at 64x64", "stl10-64", _STL64, _DCGAN),
+    "face-dcgan-celeba": Preset(
+        "face generation: Haar-cropped CelebA faces at 64x64, uniform noise, lr 3e-4, 100 epochs", "celeba-faces64",
+        _CELEBA64, {"variant": "face-dcgan", "epochs": 100, "batch_size": 64, "z_dim": 100, "ngf": 64, "ndf": 64,
+                    "lr_g": 3e-4, "lr_d": 3e-4, "beta1": 0.5, "noise": "uniform"}),
+    "cartoon-128": Preset(
+        "cartoon faces at 128x128: smoothing, feature matching, lr decay, flips (images in data/external/cartoon)",
+        "cartoon128", _CARTOON128,
+        {"variant": "cartoon-128", "epochs": 50, "batch_size": 64, "z_dim": 100, "ngf": 64, "ndf": 64,
+         "lr_g": 2e-4, "lr_d": 1e-4, "beta1": 0.5, "feature_matching": 1.0, "lr_decay": 0.97, "flip_p": 0.1,
+         "smooth_sigma": 1.0}),
+    "cgan-mnist": Preset(
+        "conditional (AC-GAN) digits: MNIST at 32x32, G lr = 5 x D lr", "mnist32", _MNIST32,
+        {"variant": "cgan", "epochs": 25, "batch_size": 64, "z_dim": 100, "ngf": 64, "ndf": 64,
+         "lr_g": 1e-3, "lr_d": 2e-4, "beta1": 0.5}),
+    # The improved-DCGAN paper's four experiments on anime faces (images in data/external/anime).
+    "resnet-exp5": Preset("exp5: plain DCGAN, lr D/G 2e-4/2e-4, no smoothing", "anime96", _ANIME96,
+                          {"variant": "dcgan", **_ANIME, "lr_d": 2e-4, "lr_g": 2e-4}),
+    "resnet-exp6": Preset("exp6: DCGAN, lr D/G 0.0064/0.00128, no smoothing", "anime96", _ANIME96,
+                          {"variant": "dcgan", **_ANIME, "lr_d": 0.0064, "lr_g": 0.00128}),
+    "resnet-exp7": Preset("exp7: exp6 repeated with another seed (run-to-run spread)", "anime96", _ANIME96,
+                          {"variant": "dcgan", **_ANIME, "lr_d": 0.0064, "lr_g": 0.00128, "seed_offset": 1}),
+    "resnet-exp8": Preset("exp8: ResNet generator, lr D/G 0.0064/0.00128, label smoothing 0.9/0.1", "anime96",
+                          _ANIME96, {"variant": "resnet-dcgan", **_ANIME, "lr_d": 0.0064, "lr_g": 0.00128,
+                                     "real_label": 0.9, "fake_label": 0.1}),
+    "upsample-mnist": Preset("Keras upsampling GAN, MNIST 28x28, SGD 5e-4 Nesterov", "mnist28", _MNIST28, _UPSAMPLE),
+    "upsample-fashion": Preset("Keras upsampling GAN, Fashion-MNIST 28x28", "fashion28", _FASHION28, _UPSAMPLE),
+}
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v == "":
+        return "''"
+    return str(v)
+
+
+def overrides(name: str) -> list[str]:
+    """`-S key=value` arguments that add the preset's dataset and experiment to params.yaml."""
+    preset = PRESETS[name]
+    ds, e = preset.entries()
+    args = [f"datasets.{preset.dataset_name}.{k}={_value(v)}" for k, v in asdict(ds).items()]
+    args += [f"experiments.{name}.{k}={_value(v)}" for k, v in asdict(e).items()]
+    return [part for arg in args for part in ("-S", arg)]

