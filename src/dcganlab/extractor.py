@@ -1,6 +1,9 @@
 """The `domain` feature extractor for FID/KID: a small conv net trained on the real
 training split of one dataset, so evaluation works offline.
 
+Features are the linear bottleneck of the encoder, standardised per dimension on the real
+training split (so FID/KID have one scale across datasets and extractor kinds).
+
 - labeled data (>= 2 classes, e.g. digits): a classifier; features = its penultimate layer,
   and its test accuracy is recorded (a classifier that cannot tell digits apart would make
   FID meaningless).
@@ -34,15 +37,20 @@ class DomainNet(nn.Module):
             nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(True),
             nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(512, num_features), nn.ReLU(True),
+            nn.Linear(512, num_features),  # linear bottleneck: no dead units in the features
         )
         out = channels * image_size * image_size
-        self.head = nn.Linear(num_features, num_classes) if num_classes else None
-        self.decoder = None if num_classes else nn.Sequential(nn.Linear(num_features, 512), nn.ReLU(True), nn.Linear(512, out), nn.Tanh())
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(num_features, num_classes)) if num_classes else None
+        self.decoder = None if num_classes else nn.Sequential(nn.ReLU(), nn.Linear(num_features, 512), nn.ReLU(True),
+                                                              nn.Linear(512, out), nn.Tanh())
         self.shape = (channels, image_size, image_size)
+        # per-feature standardisation, fitted on the real training split after training, so
+        # FID/KID have the same scale whatever the dataset and extractor kind
+        self.register_buffer("feat_mean", torch.zeros(num_features))
+        self.register_buffer("feat_std", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.float())
+        return (self.encoder(x.float()) - self.feat_mean) / self.feat_std
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
@@ -80,11 +88,15 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
             loss.backward()
             opt.step()
     net.eval()
+    with torch.no_grad():
+        feats = torch.cat([net.encoder(x_train[i: i + 500]) for i in range(0, len(x_train), 500)])
+        net.feat_mean.copy_(feats.mean(0))
+        net.feat_std.copy_(feats.std(0).clamp_min(1e-4))
     x_eval, y_eval = (to_float(images[test]), torch.as_tensor(labels[test])) if test.any() else (x_train, y_train)
     eval_split = "test" if test.any() else "train"
     with torch.no_grad():
         if labeled:
-            pred = torch.cat([net.head(net(x_eval[i: i + 500])).argmax(1) for i in range(0, len(x_eval), 500)])
+            pred = torch.cat([net.head(net.encoder(x_eval[i: i + 500])).argmax(1) for i in range(0, len(x_eval), 500)])
             quality = {"test_accuracy": float((pred == y_eval).float().mean())}
         else:
             quality = {"test_mse": float(sum(net.loss(x_eval[i: i + 500], y_eval[i: i + 500]) * len(x_eval[i: i + 500])

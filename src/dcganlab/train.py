@@ -279,6 +279,24 @@ def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
     return blob
 
 
+def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int) -> None:
+    """The final generator as an MLflow model, in pt2 (torch.export) format: loading it
+    unpickles nothing. Conditional generators take (z, labels)."""
+    import mlflow.pytorch
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    z = sample_noise(2, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(0)).numpy()
+    inputs = [TensorSpec(np.dtype(np.float32), (-1, e.z_dim), "z")]
+    example = z
+    if num_classes:
+        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "labels"))
+        example = (z, np.arange(2, dtype=np.int64))
+    signature = ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size))]))
+    mlflow.pytorch.log_model(G.cpu().eval(), name="generator", signature=signature, input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
 def _finish(params, name, G, D, e, channels, size, num_classes, data, fp, history, device, mlflow) -> dict:
     root = params.root
     save_torch(paths.model_path(root, name), _model_blob(G, D, e, channels, size, num_classes, data, fp))
@@ -296,13 +314,5 @@ def _finish(params, name, G, D, e, channels, size, num_classes, data, fp, histor
     write_json(report / "train.json", summary)
     mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
     if params.train.log_model:
-        import mlflow.pytorch
-
-        # pt2 (torch.export) format: loading it unpickles nothing
-        gen = torch.Generator().manual_seed(0)
-        example = sample_noise(2, e.z_dim, e.noise, "cpu", gen).numpy()
-        if num_classes:
-            example = (example, torch.arange(2).numpy())
-        mlflow.pytorch.log_model(G.cpu().eval(), name="generator", input_example=example,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        _log_generator(mlflow, G, e, channels, size, num_classes)
     return summary
