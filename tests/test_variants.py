@@ -169,3 +169,30 @@ def test_resnet_presets_are_the_papers_four_experiments():
     assert [exps[n].variant for n in exps] == ["dcgan", "dcgan", "dcgan", "resnet-dcgan"]
     assert (exps["resnet-exp8"].real_label, exps["resnet-exp8"].fake_label) == (0.9, 0.1)
     assert exps["resnet-exp5"].real_label == 1.0
+
+
+def test_cgan_trains_through_the_loop_and_draws_the_requested_digit(prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import write_params
+    from dcganlab.cli import app
+    from dcganlab.config import load_params
+    from dcganlab.sample import sample
+    from dcganlab.train import train
+
+    raw = tiny_params(**{"experiments.tiny.variant": "cgan", "experiments.tiny.lr_g": 1e-3})
+    write_params(prepared.root, raw)
+    params = load_params(prepared.root / "params.yaml")
+    train(params, "tiny", progress=False)
+    files = sample(params, "tiny")
+    assert {"grid", "interpolation", "nice", "classes"} <= set(files)
+    from PIL import Image
+
+    assert Image.open(files["classes"]).size == (8 * 18 + 2, 10 * 18 + 2)  # one row per digit
+    cli = ["--params", str(prepared.root / "params.yaml")]
+    out = tmp_path / "sevens.png"
+    result = CliRunner().invoke(app, ["sample", "tiny", "--label", "7", "--num", "4", "--out", str(out)] + cli)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (2 * 18 + 2, 2 * 18 + 2)
+    result = CliRunner().invoke(app, ["sample", "tiny", "--label", "x"] + cli)
+    assert result.exit_code == 1 and result.output.startswith("error: unknown label 'x'")
