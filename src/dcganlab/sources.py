@@ -207,7 +207,7 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
             for i, src in enumerate(tqdm(files, desc=f"copy {folder.name}", unit="img", disable=None)):
                 name = f"{i:06d}{src.suffix.lower()}"
                 shutil.copyfile(src, images / name)
-                rows.append({"file": f"images/{name}", "label": "", "source": str(src.relative_to(folder.resolve()) if src.is_relative_to(folder.resolve()) else src.name)})
+                rows.append({"file": f"images/{name}", "label": "", "source": str(src.relative_to(folder.resolve()))})
         else:
             if ds.source == "mnist-subset":
                 items = mnist_subset()
