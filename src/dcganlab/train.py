@@ -172,7 +172,7 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     root = params.root
     data_dir = paths.processed_dir(root, e.dataset)
     data = load_processed(data_dir)
-    n_all, channels, size = data["images"].shape[0], data["images"].shape[1], data["images"].shape[2]
+    channels, size = data["images"].shape[1], data["images"].shape[2]
     if (channels, size) != (ds.channels, ds.image_size):
         raise UserError(f"{data_dir} holds {channels}x{size}x{size} images but params say "
                         f"{ds.channels}x{ds.image_size}x{ds.image_size}: rerun `dcganlab prepare {e.dataset}`")
