@@ -71,7 +71,6 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
 
 
 def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(tmp_path):
-    from conftest import TINY_PARAMS  # noqa: F401  (documents where the settings come from)
     from dcganlab.faces import CropSettings
     from dcganlab.prepare import prepare
     from dcganlab.sources import fetch

@@ -8,6 +8,8 @@ hope for at this sample count, so small-sample bias is visible next to the numbe
 """
 from __future__ import annotations
 
+import json
+
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -63,8 +65,6 @@ def evaluate(params: Params, name: str) -> dict:
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"
     if train_json.is_file():
-        import json
-
         train_info = json.loads(train_json.read_text())
     metrics = {
         **scores,

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from dcganlab.atomic import write_json
 from dcganlab.config import Params
 from dcganlab.errors import UserError
 
@@ -72,24 +73,28 @@ def run_file(state: Path) -> Path:
     return state / "mlflow_run.json"
 
 
+def saved_run_id(mlflow, state: Path) -> str | None:
+    """The experiment's run id from its state dir, if that run exists in the current store."""
+    if not run_file(state).is_file():
+        return None
+    run_id = json.loads(run_file(state).read_text())["run_id"]
+    try:
+        mlflow.get_run(run_id)
+    except Exception:
+        return None  # a different tracking store
+    return run_id
+
+
 @contextmanager
 def training_run(params: Params, experiment: str, dataset: str, variant: str, state: Path) -> Iterator:
     """Start the experiment's run, or continue it when the state dir holds its id (resume)."""
     mlflow = connect(params)
-    run_id = None
-    if run_file(state).is_file():
-        run_id = json.loads(run_file(state).read_text())["run_id"]
-        try:
-            mlflow.get_run(run_id)
-        except Exception:
-            run_id = None  # a different tracking store: start a new run
-    tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root)}
+    run_id = saved_run_id(mlflow, state)
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
+        tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root)}
         run = mlflow.start_run(experiment_id=_experiment_id(mlflow, params, dataset), run_name=experiment, tags=tags)
-        from dcganlab.atomic import write_json
-
         write_json(run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     try:
         yield mlflow
@@ -105,15 +110,10 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
 
 @contextmanager
 def existing_run(params: Params, state: Path) -> Iterator:
-    """Reopen the training run of an experiment (sample / evaluate stages); no-op if none."""
+    """Reopen the training run of an experiment (sample / evaluate stages); None if there is none."""
     mlflow = connect(params)
-    if not run_file(state).is_file():
-        yield None
-        return
-    run_id = json.loads(run_file(state).read_text())["run_id"]
-    try:
-        mlflow.get_run(run_id)
-    except Exception:
+    run_id = saved_run_id(mlflow, state)
+    if run_id is None:
         yield None
         return
     with mlflow.start_run(run_id=run_id):
