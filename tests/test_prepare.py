@@ -79,7 +79,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     pd.DataFrame({"file": [f"images/{i}.png" for i in range(3)], "label": ["", "", ""],
                   "source": ["t"] * 3, "checksum": [""] * 3}).to_csv(raw / "manifest.csv", index=False)
     stats = prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
-    assert stats["kept"] == 1 and stats["discarded"] == {"unreadable": 2}
+    assert stats["kept"] == 1 and stats["discarded"] == {"empty": 1, "not_an_image": 1}
 
 
 def test_folder_without_faces_is_a_clear_error(tmp_path):

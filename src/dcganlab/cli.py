@@ -100,7 +100,8 @@ def faces(src: Path = typer.Argument(..., help="folder of photos, searched recur
           workers: int = typer.Option(1, "--workers", help="processes")) -> None:
     """Standalone face preparation: Haar-detect the largest face in every image under SRC,
     crop it square with a margin, resize, and write OUT/<same path>.png plus OUT/manifest.csv
-    (file, status: kept/no_face/unreadable/too_small/too_large, reason, crop)."""
+    (file, status: kept/no_face/too_small/too_large/empty/not_an_image/truncated/unreadable/ignored,
+    reason, crop) and OUT/stats.json (counts by status, ignored entries by reason)."""
     def work():
         from dcganlab.faces import CropSettings
         from dcganlab.prepare import prepare_folder

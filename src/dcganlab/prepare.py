@@ -5,7 +5,8 @@
   labels.npy   N int64 (class index, -1 when unlabeled)
   split.npy    N uint8 (0 = train, 1 = held-out test: the evaluation reference split)
   manifest.csv one row per raw file: file, label, status, reason, index, split
-  stats.json   images in, kept, discarded by reason, kept by label, classes, sizes
+  stats.json   images in, kept, discarded by status, ignored by reason (folder source:
+               entries fetch did not read), kept by label, classes, sizes
 
 `faces` is the same per-image work as a standalone tool on any folder of photos.
 """
@@ -24,7 +25,8 @@ from tqdm import tqdm
 from dcganlab.atomic import atomic_dir, save_png, write_csv, write_json
 from dcganlab.errors import UserError
 from dcganlab.faces import CropSettings, process_image
-from dcganlab.sources import list_images
+from dcganlab.paths import inside
+from dcganlab.sources import IGNORED_CSV, scan_folder
 
 
 def _init_worker() -> None:
@@ -51,6 +53,21 @@ def _class_order(labels: list[str]) -> list[str]:
     return sorted(names, key=int) if all(n.lstrip("-").isdigit() for n in names) else names
 
 
+def _raw_files(raw: Path, manifest: pd.DataFrame) -> list[Path]:
+    """The manifest's files, each checked to lie inside `raw/`: a row like ../../etc/passwd or
+    /etc/passwd means the manifest was edited by hand or tampered with, so nothing is read."""
+    files, bad = [], []
+    for row, rel in enumerate(manifest["file"], start=2):  # line 1 is the header
+        try:
+            files.append(inside(raw, str(rel)))
+        except ValueError as why:
+            bad.append(f"line {row} '{rel}' ({why})")
+    if bad:
+        raise UserError(f"{raw / 'manifest.csv'}: {len(bad)} file path(s) outside {raw}, refusing to read: "
+                        f"{'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    return files
+
+
 def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, seed: int = 0,
             workers: int = 1) -> dict:
     """Process `raw/` (fetch's output) into `out/`; return the stats."""
@@ -60,7 +77,7 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     manifest = pd.read_csv(manifest_path, dtype={"label": str}, keep_default_na=False)
     if manifest.empty:
         raise UserError(f"{manifest_path} lists no images")
-    results = process_all([raw / f for f in manifest["file"]], s, workers, desc=f"prepare {raw.name}")
+    results = process_all(_raw_files(raw, manifest), s, workers, desc=f"prepare {raw.name}")
 
     kept = [i for i, (arr, _, _) in enumerate(results) if arr is not None]
     statuses = Counter(status for _, status, _ in results)
@@ -86,8 +103,11 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     rows["index"] = index
     rows["split"] = [("test" if split[j] else "train") if j >= 0 else "" for j in index]
 
+    ignored = pd.read_csv(raw / IGNORED_CSV, dtype=str, keep_default_na=False) if (raw / IGNORED_CSV).is_file() else None
     stats = {
         "images_in": len(results),
+        # folder source: entries fetch did not read (hidden, links out of the folder, ...), by reason
+        "ignored": {} if ignored is None else dict(sorted(Counter(ignored["reason"]).items())),
         "kept": len(kept),
         "discarded": {k: v for k, v in sorted(statuses.items()) if k != "kept"},
         "kept_by_label": dict(sorted(Counter(labels_str).items())),
@@ -106,27 +126,44 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     return stats
 
 
+def crop_names(rels: list[Path]) -> list[Path]:
+    """OUT-relative PNG name of each input: the same path with .png, unless two inputs would
+    share it (a.jpg and a.png): then the input's full name + .png (a.jpg.png)."""
+    plain = [rel.with_suffix(".png") for rel in rels]
+    taken = Counter(plain)
+    return [p if taken[p] == 1 or rel.suffix == ".png" else rel.with_name(rel.name + ".png")
+            for rel, p in zip(rels, plain)]
+
+
 def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> pd.DataFrame:
-    """`dcganlab faces`: crop every photo under `src` into `out/` (PNG) + out/manifest.csv."""
+    """`dcganlab faces`: crop every photo under `src` into `out/` (PNG), with out/manifest.csv
+    (one row per entry of `src`, ignored ones included) and out/stats.json (counts by status)."""
     if not src.is_dir():
         raise UserError(f"folder not found: {src}" if not src.exists() else f"not a folder: {src}")
-    files = list_images(src)
+    files, ignored = scan_folder(src, exclude=out)
     if not files:
         raise UserError(f"no image files in {src}")
     results = process_all(files, s, workers, desc="faces")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     root = src.resolve()
-    for path, (arr, status, reason) in zip(files, results):
-        rel = path.relative_to(root)
+    rels = [path.relative_to(root) for path in files]
+    for rel, name, (arr, status, reason) in zip(rels, crop_names(rels), results):
         crop = ""
         if arr is not None:
-            crop = str(rel.with_suffix(".png"))
+            crop = name.as_posix()
             img = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
             save_png(out / crop, Image.fromarray(img))
-        rows.append({"file": str(rel), "status": status, "reason": reason, "crop": crop})
+        rows.append({"file": rel.as_posix(), "status": status, "reason": reason, "crop": crop})
+    rows += [{"file": rel, "status": "ignored", "reason": why, "crop": ""} for rel, why in ignored]
     manifest = pd.DataFrame(rows, columns=["file", "status", "reason", "crop"])
     write_csv(out / "manifest.csv", manifest)
+    write_json(out / "stats.json", {
+        "images_in": len(files), "kept": int((manifest["status"] == "kept").sum()),
+        "discarded": {k: v for k, v in sorted(Counter(r[1] for r in results).items()) if k != "kept"},
+        "ignored": dict(sorted(Counter(why for _, why in ignored).items())),
+        "image_size": s.image_size, "channels": s.channels, "detect_faces": s.detect_faces,
+    })
     if not (manifest["status"] == "kept").any():
         raise UserError(f"no face found in any of {len(files)} images in {src} (see {out / 'manifest.csv'})")
     return manifest

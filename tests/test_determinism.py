@@ -1,0 +1,84 @@
+"""Same params and seed on CPU -> the same reports/metrics.json, run after run.
+
+Two separate temp projects with identical tiny params go through every stage
+(fetch, prepare, extractor, train, sample, evaluate, report) through the CLI, not DVC.
+Wall-clock timings (images/s, seconds) cannot repeat, so they are the only keys left out
+of the comparison; everything else must be identical.
+"""
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_params, write_params
+from dcganlab.cli import app
+
+STAGES = ["fetch", "prepare", "extractor", "train", "sample", "evaluate", "report"]
+TIMING_KEY = re.compile(r"(_s|_sec|_secs|_seconds|per_s|_time|wall.*)$")
+
+
+def without_timing(obj):
+    """`obj` with every wall-clock key removed, at any depth."""
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if not TIMING_KEY.search(str(k))}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj
+
+
+def _run_pipeline(root):
+    raw = tiny_params(**{"datasets.digits.limit": 80})
+    params = write_params(root, raw)
+    for stage in STAGES:
+        result = CliRunner().invoke(app, [stage, "--params", str(params)])
+        assert result.exit_code == 0, f"{stage}: {result.output}"
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    return [_run_pipeline(tmp_path_factory.mktemp(f"run{i}")) for i in range(2)]
+
+
+def test_timing_filter_only_drops_timing_keys():
+    m = {"tiny": {"fid": 1.0, "images_per_s": 3.0, "train_wall_s": 2.0, "eval_seconds": 1.0, "n_fake": 4,
+                  "inception": {"fid": 2.0, "eval_seconds": 3.0}}}
+    assert without_timing(m) == {"tiny": {"fid": 1.0, "n_fake": 4, "inception": {"fid": 2.0}}}
+
+
+def test_same_seed_gives_identical_metrics_except_wall_clock_timings(two_runs):
+    a, b = (json.loads((r / "reports/metrics.json").read_text()) for r in two_runs)
+    assert a.keys() == b.keys() == {"tiny"}
+    assert without_timing(a) == without_timing(b)
+    assert a["tiny"]["fid"] is not None  # a real number was compared, not two empty objects
+    ea, eb = (json.loads((r / "reports/eval/tiny.json").read_text()) for r in two_runs)
+    assert without_timing(ea) == without_timing(eb)
+
+
+def test_same_seed_gives_identical_data_and_weights(two_runs):
+    import torch
+
+    for name in ("images", "labels", "split"):
+        x, y = (np.load(r / f"data/processed/digits/{name}.npy") for r in two_runs)
+        assert np.array_equal(x, y), name
+    def tensors(obj, prefix=""):
+        if isinstance(obj, torch.Tensor):
+            return {prefix: obj}
+        if isinstance(obj, dict):
+            return {k: t for key, v in obj.items() for k, t in tensors(v, f"{prefix}.{key}").items()}
+        return {}
+
+    ta, tb = (tensors(torch.load(r / "models/tiny/model.pt", weights_only=True)) for r in two_runs)
+    assert ta and ta.keys() == tb.keys()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_metrics_json_is_byte_identical_when_it_holds_no_timings(two_runs):
+    """The issue asks for identical reports/metrics.json. Where the report keeps wall-clock
+    timings in it, byte identity is impossible, and this test says so instead of passing."""
+    a, b = ((r / "reports/metrics.json").read_bytes() for r in two_runs)
+    if without_timing(json.loads(a)) != json.loads(a):
+        pytest.xfail("reports/metrics.json holds wall-clock timings (images_per_s, train_wall_s, ...)")
+    assert a == b
