@@ -1,9 +1,12 @@
+import re
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import load_params, parse_params
+from dcganlab.config import check_params, load_params, parse_params
 from dcganlab.errors import ParamsError
 
 
@@ -21,21 +24,84 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
     assert parse_params(raw).experiments["tiny"].lr_g == pytest.approx(2e-4)
 
 
-@pytest.mark.parametrize("key,value,message", [
+BAD_VALUES = [
     ("experiments.tiny.lerning_rate", 0.1, "experiments.tiny.lerning_rate: unknown key"),
     ("train.lerning_rate", 0.1, "train.lerning_rate: unknown key"),
+    ("lerning_rate", 0.1, "lerning_rate: unknown key"),
     ("experiments.tiny.variant", "stylegan", "unknown variant 'stylegan'"),
     ("experiments.tiny.dataset", "celebs", "unknown dataset 'celebs'"),
     ("experiments.tiny.lr_d", 0.0, "lr_d: must be > 0"),
+    ("experiments.tiny.lr_g", -2e-4, "lr_g: must be > 0"),
+    ("experiments.tiny.lr_g", float("nan"), "lr_g: must be a finite number"),
+    ("experiments.tiny.feature_matching", float("inf"), "feature_matching: must be a finite number"),
     ("experiments.tiny.batch_size", 1, "batch_size: must be >= 2"),
+    ("experiments.tiny.batch_size", 32.0, "batch_size: expected int"),
     ("experiments.tiny.epochs", "ten", "expected int"),
+    ("experiments.tiny.epochs", 0, "epochs: must be >= 1"),
+    ("experiments.tiny.beta1", 1.0, "beta1/beta2: must be in"),
+    ("experiments.tiny.noise", "gaussian", "noise: must be 'normal' or 'uniform'"),
+    ("experiments.tiny.noise", 3, "noise: expected str"),
+    ("experiments.tiny.seed_offset", -1, "seed_offset: must be >= 0"),
     ("datasets.digits.source", "imagenet", "unknown source 'imagenet'"),
     ("datasets.digits.image_size", 40, "cannot produce 40x40"),
     ("datasets.digits.channels", 2, "channels: must be 1 or 3"),
-])
-def test_invalid_params_are_rejected_with_a_clear_message(key, value, message):
-    with pytest.raises(ParamsError, match=message):
+    ("datasets.digits.detect_faces", "yes please", "detect_faces: expected bool"),
+    ("datasets.digits.test_fraction", 1.0, "test_fraction: must be in"),
+    ("datasets.digits.max_pixels", 0, "max_pixels: must be >= 1"),
+    ("datasets.digits", "mnist", "datasets.digits: expected a mapping"),
+    ("seed", -1, "seed: must be in 0..4294967295"),
+    ("seed", "zero", "seed: expected int"),
+    ("train.device", "gpu", "train.device: 'gpu' is not"),
+    ("evaluate.batch_size", 0, "evaluate.batch_size: must be >= 1"),
+    ("extractor.features", 0, "extractor.features: must be >= 1"),
+    ("sample.interpolation_pairs", 0, "sample.interpolation_pairs: must be >= 1"),
+    ("train", [1, 2], "train: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES)
+def test_invalid_params_are_rejected_with_one_clear_message(key, value, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
         parse_params(tiny_params(**{key: value}))
+    _, errors = check_params(tiny_params(**{key: value}))
+    assert len(errors) == 1, errors  # one message per error, no knock-on messages
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES[::6])
+def test_cli_exits_2_before_any_work(tmp_path, key, value, message):
+    path = write_params(tmp_path, tiny_params(**{key: value}))
+    result = CliRunner().invoke(app, ["fetch", "--params", str(path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: invalid params") and result.output.count("\n") == 1
+    assert message in result.output
+    assert not (tmp_path / "data").exists()
+
+
+def test_download_sources_check_their_split():
+    with pytest.raises(ParamsError, match="'valid' is not a split of cifar10"):
+        parse_params(tiny_params(**{"datasets.digits.source": "cifar10", "datasets.digits.split": "valid"}))
+    parse_params(tiny_params(**{"datasets.digits.source": "celeba", "datasets.digits.split": "valid",
+                                "experiments.tiny.variant": "dcgan"}))
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "eval", "extractors", "Samples"])
+def test_names_cannot_leave_or_clash_with_their_folders(name):
+    raw = tiny_params()
+    raw["experiments"] = {name: raw["experiments"]["tiny"]}
+    with pytest.raises(ParamsError, match=re.escape(f"experiments.{name}: name")):
+        parse_params(raw)
+    raw = tiny_params()
+    raw["datasets"] = {name: raw["datasets"]["digits"]}
+    raw["experiments"]["tiny"]["dataset"] = name
+    if name.lower() not in ("eval", "extractors", "samples"):  # those are fine dataset names
+        with pytest.raises(ParamsError, match=re.escape(f"datasets.{name}: name")):
+            parse_params(raw)
+
+
+def test_a_broken_datasets_section_is_one_message_not_one_per_experiment():
+    raw = tiny_params(datasets=["digits"])
+    _, errors = check_params(raw)
+    assert errors == ["datasets: expected a mapping of name -> settings"]
 
 
 def test_every_error_is_reported_at_once():
@@ -45,12 +111,49 @@ def test_every_error_is_reported_at_once():
     assert "lr_d" in str(info.value) and "batch_size" in str(info.value)
 
 
+def test_type_errors_and_range_errors_are_listed_together(tmp_path):
+    raw = tiny_params(**{"experiments.tiny.epochs": "ten", "experiments.tiny.lerning_rate": 0.1,
+                         "datasets.digits.channels": 2, "train.device": "gpu"})
+    _, errors = check_params(raw)
+    assert len(errors) == 4, errors
+    result = CliRunner().invoke(app, ["train", "--params", str(write_params(tmp_path, raw))])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    for part in ("epochs: expected int", "lerning_rate: unknown key", "channels: must be 1 or 3", "train.device"):
+        assert part in result.output
+
+
 def test_cli_exits_2_with_one_line_on_bad_params(tmp_path):
     path = write_params(tmp_path, tiny_params(**{"experiments.tiny.lerning_rate": 0.1}))
     result = CliRunner().invoke(app, ["train", "--params", str(path)])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("error: invalid params")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("- seed\n- datasets\n", "the top level: expected a mapping"),
+    ("just a string\n", "the top level: expected a mapping"),
+    ("seed: 0\nseed: 1\n", "line 2: duplicate key 'seed'"),
+    ("train:\n  device: cpu\n  grid_size: 4\n  device: cuda\n", "line 4: duplicate key 'device'"),
+])
+def test_params_file_shape_errors_exit_2(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(tmp_path / "params.yaml")
+    result = CliRunner().invoke(app, ["report", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path):
+    raw = tiny_params()
+    text = yaml.safe_dump(raw, sort_keys=False).replace("experiments:\n  tiny:\n",
+                                                        "experiments:\n  tiny: &base\n")
+    text += "  # a second experiment from the first\n"
+    (tmp_path / "params.yaml").write_text(text.replace("train:\n", "  tiny2:\n    <<: *base\n    epochs: 2\ntrain:\n", 1))
+    p = load_params(tmp_path / "params.yaml")
+    assert p.experiments["tiny2"].epochs == 2 and p.experiments["tiny2"].z_dim == p.experiments["tiny"].z_dim
 
 
 def test_missing_or_broken_params_file(tmp_path):

@@ -18,7 +18,13 @@ import yaml
 from dcganlab.errors import ParamsError
 
 SOURCES = ("mnist-subset", "lfw-subset", "mnist", "fashion-mnist", "cifar10", "stl10", "celeba", "folder")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # also keeps names from leaving their folders
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+# splits each download source knows (torchvision's names); other sources ignore `split`
+SPLITS = {"mnist": ("train", "test"), "fashion-mnist": ("train", "test"), "cifar10": ("train", "test"),
+          "stl10": ("train", "test", "unlabeled", "train+unlabeled"), "celeba": ("train", "valid", "test", "all")}
+# experiment names that are folders of models/ or reports/ themselves
+RESERVED_EXPERIMENTS = {"extractors", "eval", "quality", "samples", "figures"}
 
 
 @dataclass
@@ -128,13 +134,19 @@ def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if math.isfinite(number):
+                return number
+            errors.append(f"{where}: must be a finite number, got {value!r}")
+            return None
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -148,13 +160,13 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{where}: expected a mapping, got {raw!r}")
+        errors.append(f"{where or 'the top level'}: expected a mapping, got {raw!r}"[:200])
         return cls()
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.name != "root"}
     for key in raw:
         if key not in known:
-            errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
     kwargs = {}
     for key in known & set(raw):
         typ = hints[key]
@@ -164,7 +176,7 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
             item_cls = typ.__args__[1]
             value = raw[key] or {}
             if not isinstance(value, dict):
-                errors.append(f"{where}.{key}: expected a mapping of name -> settings")
+                errors.append(f"{where}.{key}: expected a mapping of name -> settings".lstrip("."))
                 continue
             kwargs[key] = {str(k): _build(item_cls, v, f"{key}.{k}", errors) for k, v in value.items()}
         else:
@@ -218,6 +230,23 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(0.0 < e.lr_decay <= 1.0, f"{w}.lr_decay: must be in (0, 1]")
         need(0.0 <= e.flip_p <= 1.0, f"{w}.flip_p: must be in [0, 1]")
         need(e.smooth_sigma > 0.0, f"{w}.smooth_sigma: must be > 0")
+    folded = [n.lower() for n in p.experiments]
+    need(len(set(folded)) == len(folded), "experiments: two names differ only in case (their folders would clash)")
+    for name in p.experiments:
+        need(name.lower() not in RESERVED_EXPERIMENTS,
+             f"experiments.{name}: name is reserved (it is a folder of models/ or reports/: "
+             f"{', '.join(sorted(RESERVED_EXPERIMENTS))})")
+    for name, d in p.datasets.items():
+        splits = SPLITS.get(d.source)
+        need(splits is None or d.split in splits,
+             f"datasets.{name}.split: '{d.split}' is not a split of {d.source} (known: {', '.join(splits or ())})")
+    need(0 <= p.seed <= 2**32 - 1, "seed: must be in 0..4294967295")
+    need(all(e.seed_offset >= 0 for e in p.experiments.values()), "experiments.*.seed_offset: must be >= 0")
+    need(bool(DEVICE_RE.match(p.train.device)), f"train.device: '{p.train.device}' is not auto, cpu, mps, cuda or cuda:N")
+    need(p.sample.interpolation_pairs >= 1, "sample.interpolation_pairs: must be >= 1")
+    need(p.evaluate.batch_size >= 1, "evaluate.batch_size: must be >= 1")
+    need(p.extractor.batch_size >= 2, "extractor.batch_size: must be >= 2")
+    need(p.extractor.features >= 1, "extractor.features: must be >= 1")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.sample.num >= 1, "sample.num: must be >= 1")
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
@@ -228,24 +257,65 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
 
 
 def parse_params(raw: Any, root: Path = Path(".")) -> Params:
-    errors: list[str] = []
-    params = _build(Params, raw, "", errors)
-    if not errors:
-        _check_ranges(params, errors)
+    params, errors = check_params(raw)
     if errors:
         raise ParamsError("invalid params: " + "; ".join(errors))
     params.root = root
     return params
 
 
+def check_params(raw: Any) -> tuple[Params, list[str]]:
+    """(params, every error found, one message each)."""
+    errors: list[str] = []
+    params = _build(Params, raw, "", errors)
+    # a value of the wrong type fell back to its default, so the range checks add nothing for
+    # it; they run anyway so that every error is listed at once. A broken `datasets` section
+    # would make every experiment's dataset look unknown: skip that one knock-on check.
+    broken_datasets = any(e.startswith("datasets:") for e in errors)
+    _check_ranges(params, errors)
+    if broken_datasets:
+        errors = [e for e in errors if ".dataset: unknown dataset" not in e]
+    return params, list(dict.fromkeys(errors))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that notes duplicate keys (PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    self.duplicates.append(f"line {key_node.start_mark.line + 1}: duplicate key '{key}'")
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
+    loader = _StrictLoader(path.read_text(encoding="utf-8"))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ParamsError(f"invalid params: {path}: " + "; ".join(loader.duplicates)
+                          + " (only the last value would be used)")
+    if raw is None:
+        raise ParamsError(f"invalid params: {path} is empty")
     return parse_params(raw, path.resolve().parent)
 
 
