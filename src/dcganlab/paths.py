@@ -1,15 +1,26 @@
-"""Where every stage reads and writes, relative to the project root (params.yaml's folder)."""
+"""Where every stage reads and writes, relative to the project root (params.yaml's folder).
+
+Dataset and experiment names become single folder or file names: params validation allows
+only letters, digits, '-' and '_', and `_part` refuses anything that could leave its folder
+even if a caller skipped that validation.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 
+def _part(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"'{name}' is not a plain name (it would leave its folder)")
+    return name
+
+
 def raw_dir(root: Path, dataset: str) -> Path:
-    return root / "data" / "raw" / dataset
+    return root / "data" / "raw" / _part(dataset)
 
 
 def processed_dir(root: Path, dataset: str) -> Path:
-    return root / "data" / "processed" / dataset
+    return root / "data" / "processed" / _part(dataset)
 
 
 def downloads_dir(root: Path) -> Path:
@@ -18,7 +29,7 @@ def downloads_dir(root: Path) -> Path:
 
 
 def model_dir(root: Path, experiment: str) -> Path:
-    return root / "models" / experiment
+    return root / "models" / _part(experiment)
 
 
 def state_dir(root: Path, experiment: str) -> Path:
@@ -31,16 +42,16 @@ def model_path(root: Path, experiment: str) -> Path:
 
 
 def extractor_path(root: Path, dataset: str) -> Path:
-    return root / "models" / "extractors" / f"{dataset}.pt"
+    return root / "models" / "extractors" / f"{_part(dataset)}.pt"
 
 
 def report_dir(root: Path, experiment: str) -> Path:
-    return root / "reports" / experiment
+    return root / "reports" / _part(experiment)
 
 
 def eval_path(root: Path, experiment: str) -> Path:
     """One experiment's evaluation (the report stage depends on the folder of these)."""
-    return root / "reports" / "eval" / f"{experiment}.json"
+    return root / "reports" / "eval" / f"{_part(experiment)}.json"
 
 
 def inside(base: Path, rel: str) -> Path:
