@@ -178,3 +178,19 @@ def test_nothing_usable_leaves_no_output(tmp_path):
     with pytest.raises(UserError, match=r"none of 2 images could be used \({'empty': 1, 'not_an_image': 1}\)"):
         prepare(tmp_path / "raw", tmp_path / "out", CropSettings(detect_faces=False))
     assert not (tmp_path / "out").exists()
+
+
+class _DiesWhenUnpickled:
+    """Stands in for a decoder that kills its process (a crash in a C library)."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_hang(hostile):
+    from dcganlab.prepare import process_all
+
+    with pytest.raises(UserError, match="a worker process died"):
+        process_all([hostile / "astronaut.jpg"] * 4, _DiesWhenUnpickled(), workers=2)

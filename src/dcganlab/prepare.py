@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import Counter
 from pathlib import Path
 
@@ -44,8 +46,13 @@ def process_all(files: list[Path], s: CropSettings, workers: int = 1, desc: str 
     bar = dict(total=len(jobs), desc=desc, unit="img", disable=None)
     if workers <= 1:
         return [_work(j) for j in tqdm(jobs, **bar)]
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap(_work, jobs, chunksize=16), **bar))
+    # an executor, not a Pool: if a decoder kills its process, Pool.imap waits forever
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        try:
+            return list(tqdm(pool.map(_work, jobs, chunksize=16), **bar))
+        except BrokenProcessPool:
+            raise UserError(f"{desc}: a worker process died while decoding an image; rerun with "
+                            f"workers=1 to see which file") from None
 
 
 def _class_order(labels: list[str]) -> list[str]:
