@@ -194,3 +194,37 @@ def test_a_worker_that_dies_is_a_clear_error_not_a_hang(hostile):
 
     with pytest.raises(UserError, match="a worker process died"):
         process_all([hostile / "astronaut.jpg"] * 4, _DiesWhenUnpickled(), workers=2)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_16_bit_colour_turns_like_pillow(tmp_path, orientation):
+    """The OpenCV path for 16-bit colour applies EXIF orientation itself: same as Pillow's."""
+    from PIL import ImageOps
+
+    from dcganlab.images import _UPRIGHT
+
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(tmp_path / "o.png", exif=exif.tobytes())
+    img = Image.open(tmp_path / "o.png")
+    assert np.array_equal(_UPRIGHT[orientation](pixels), np.asarray(ImageOps.exif_transpose(img)))
+
+
+def test_16_bit_colour_png_with_exif_orientation(hostile, tmp_path):
+    from hostile import _png_chunk
+
+    data = (hostile / "rgb16.png").read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    turned = data[:end_of_ihdr] + _png_chunk(b"eXIf", exif.tobytes()) + data[end_of_ihdr:]
+    (tmp_path / "turned.png").write_bytes(turned)
+    assert np.array_equal(load_rgb(tmp_path / "turned.png"), np.rot90(load_rgb(hostile / "rgb16.png"), -1))
+
+
+@pytest.mark.parametrize("option", [["--margin", "-1"], ["--min-face-size", "0"], ["--size", "4"]])
+def test_faces_command_rejects_bad_options_in_one_line(hostile, tmp_path, option):
+    result = CliRunner().invoke(app, ["faces", str(hostile), str(tmp_path / "out"), *option])
+    assert result.exit_code == 1 and result.output.startswith("error: --") and result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -108,6 +108,8 @@ def faces(src: Path = typer.Argument(..., help="folder of photos, searched recur
 
         if size < 8 or channels not in (1, 3) or workers < 1:
             raise UserError("--size must be >= 8, --channels 1 or 3, --workers >= 1")
+        if not 0.0 <= margin <= 2.0 or min_face_size < 1:  # the same ranges as params.yaml's
+            raise UserError("--margin must be in 0..2, --min-face-size >= 1")
         s = CropSettings(image_size=size, channels=channels, margin=margin, min_face_size=min_face_size)
         m = prepare_folder(src, out, s, workers)
         counts = m["status"].value_counts().to_dict()
