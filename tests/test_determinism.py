@@ -1,19 +1,21 @@
 """Same params and seed on CPU -> the same reports/metrics.json, run after run.
 
 Two separate temp projects with identical tiny params go through every stage
-(fetch, prepare, extractor, train, sample, evaluate, report) through the CLI, not DVC.
+(fetch, prepare, extractor, train, sample, evaluate, report) through the CLI, not DVC,
+each project in its own process.
 Wall-clock timings (images/s, seconds) cannot repeat, so they are the only keys left out
 of the comparison; everything else must be identical.
 """
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from conftest import tiny_params, write_params
-from dcganlab.cli import app
 
 STAGES = ["fetch", "prepare", "extractor", "train", "sample", "evaluate", "report"]
 TIMING_KEY = re.compile(r"(_s|_sec|_secs|_seconds|per_s|_time|wall.*)$")
@@ -28,18 +30,32 @@ def without_timing(obj):
     return obj
 
 
-def _run_pipeline(root):
-    raw = tiny_params(**{"datasets.digits.limit": 80})
-    params = write_params(root, raw)
-    for stage in STAGES:
-        result = CliRunner().invoke(app, [stage, "--params", str(params)])
-        assert result.exit_code == 0, f"{stage}: {result.output}"
+RUN_STAGES = """
+import sys
+from typer.testing import CliRunner
+from dcganlab.cli import app
+for stage in sys.argv[2:]:
+    result = CliRunner().invoke(app, [stage, "--params", sys.argv[1]])
+    if result.exit_code:
+        sys.exit(f"{stage}: {result.output}")
+"""
+
+
+def _run_pipeline(root, hash_seed):
+    """Every stage in one fresh process (a different PYTHONHASHSEED each: no set or dict
+    order may leak into the results)."""
+    params = write_params(root, tiny_params(**{"datasets.digits.limit": 80}))
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-c", RUN_STAGES, str(params), *STAGES], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    return [_run_pipeline(tmp_path_factory.mktemp(f"run{i}")) for i in range(2)]
+    return [_run_pipeline(tmp_path_factory.mktemp(f"run{i}"), hash_seed=i + 1) for i in range(2)]
 
 
 def test_timing_filter_only_drops_timing_keys():
