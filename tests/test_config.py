@@ -162,3 +162,20 @@ def test_missing_or_broken_params_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("seed: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+
+
+def test_every_single_bad_value_gives_one_message_and_no_crash():
+    """Each leaf of the tiny params set to each kind of wrong value: exactly one message."""
+    from conftest import TINY_PARAMS
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    for key in leaves(TINY_PARAMS):
+        for value in ("x", -1, 1e30, [1], {"a": 1}, float("nan"), 2**70):
+            _, errors = check_params(tiny_params(**{key: value}))
+            assert len(errors) <= 1, (key, value, errors)

@@ -54,13 +54,14 @@ def test_prepare_refuses_a_manifest_row_outside_raw(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was read or written
 
 
-def test_prepare_refuses_a_link_in_raw_that_leads_out(tmp_path):
+def test_prepare_follows_links_in_raw_as_dvc_symlink_caches_make_them(tmp_path):
     raw = _raw(tmp_path, ["images/000000.png", "images/000001.png"])
-    outside = tmp_path / "outside.png"
-    Image.new("L", (16, 16), 0).save(outside)
-    os.symlink(outside, raw / "images/000001.png")
-    with pytest.raises(UserError, match="a link leads outside the folder"):
-        prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
+    cache = tmp_path / ".dvc/cache/files/md5/ab"
+    cache.mkdir(parents=True)
+    Image.new("L", (16, 16), 0).save(cache / "cdef", format="PNG")
+    os.symlink(cache / "cdef", raw / "images/000001.png")
+    stats = prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
+    assert stats["kept"] == 2
 
 
 def test_prepare_command_reports_a_tampered_manifest_in_one_line(tmp_path):

@@ -212,7 +212,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(e.dataset in p.datasets, f"{w}.dataset: unknown dataset '{e.dataset}' (params.yaml has: {', '.join(p.datasets)})")
         if e.variant not in VARIANTS:
             errors.append(f"{w}.variant: unknown variant '{e.variant}' (known: {', '.join(VARIANTS)})")
-        elif e.dataset in p.datasets:
+        elif e.dataset in p.datasets and 8 <= p.datasets[e.dataset].image_size <= 1024:  # else said above
             problem = VARIANTS[e.variant].check(e, p.datasets[e.dataset])
             need(problem is None, f"{w}: {problem}")
         need(e.epochs >= 1, f"{w}.epochs: must be >= 1")
