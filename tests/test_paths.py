@@ -91,3 +91,22 @@ def test_folder_source_may_live_outside_the_project(tmp_path):
     assert result.exit_code == 0, result.output
     m = pd.read_csv(project / "data/raw/digits/manifest.csv")
     assert list(m["source"]) == ["a.png"] and (project / "data/raw/digits" / m["file"][0]).is_file()
+
+
+def test_folder_source_reads_links_into_the_projects_dvc_cache(tmp_path):
+    """`dvc add data/external/photos` with a symlink cache: every file is a link into .dvc/cache."""
+    project = tmp_path / "project"
+    cache = project / ".dvc/cache/files/md5/ab"
+    cache.mkdir(parents=True)
+    Image.new("RGB", (20, 20), "red").save(cache / "cdef", format="PNG")
+    photos = project / "data/external/photos"
+    photos.mkdir(parents=True)
+    os.symlink(cache / "cdef", photos / "a.png")
+    os.symlink(tmp_path, photos / "b.png")  # anywhere else: still not followed
+    write_params(project, tiny_params(**{"datasets.digits.source": "folder",
+                                         "datasets.digits.path": "data/external/photos"}))
+    result = CliRunner().invoke(app, ["fetch", "--params", str(project / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(project / "data/raw/digits/manifest.csv")["source"]) == ["a.png"]
+    ignored = pd.read_csv(project / "data/raw/digits/ignored.csv")
+    assert list(ignored["source"]) == ["b.png"]

@@ -168,11 +168,14 @@ def download_source(source: str, root: Path, split: str):
 
 
 # ---------------------------------------------------------------- folder source
-def scan_folder(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+def scan_folder(folder: Path, exclude: Path | None = None,
+                trusted: tuple[Path, ...] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
     """(image files under `folder`, recursively, sorted; [(path inside folder, why not)] for
     every other entry). Hidden files and folders, links leading outside the folder or nowhere,
-    and other extensions are left out and never followed; links inside the folder are read."""
+    and other extensions are left out and never followed; links inside the folder, or into a
+    `trusted` folder (the project's DVC cache: `dvc add` with a symlink cache), are read."""
     folder = folder.resolve()
+    roots = (folder, *(t.resolve() for t in trusted))
     exclude = exclude.resolve() if exclude is not None else None
     files: list[Path] = []
     ignored: list[tuple[str, str]] = []
@@ -202,7 +205,7 @@ def scan_folder(folder: Path, exclude: Path | None = None) -> tuple[list[Path], 
                 skip(path, "hidden file")
             elif path.suffix.lower() not in IMAGE_EXTS:
                 skip(path, f"not an image extension ({path.suffix or 'none'})")
-            elif path.is_symlink() and not _inside(path, folder):
+            elif path.is_symlink() and not _inside(path, roots):
                 skip(path, "link leading outside the folder (not followed)")
             elif not path.is_file():
                 skip(path, "broken link" if path.is_symlink() else "not a regular file")
@@ -211,9 +214,10 @@ def scan_folder(folder: Path, exclude: Path | None = None) -> tuple[list[Path], 
     return files, ignored
 
 
-def _inside(link: Path, folder: Path) -> bool:
+def _inside(link: Path, roots: tuple[Path, ...]) -> bool:
     try:
-        return link.resolve().is_relative_to(folder)
+        target = link.resolve()
+        return any(target.is_relative_to(root) for root in roots)
     except (OSError, RuntimeError):  # a loop of links
         return False
 
@@ -241,7 +245,8 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
         images.mkdir()
         if ds.source == "folder":
             folder = _check_folder(ds.path if project_root is None else str((project_root / ds.path)))
-            files, ignored = scan_folder(folder)
+            trusted = (project_root / ".dvc" / "cache",) if project_root is not None else ()
+            files, ignored = scan_folder(folder, trusted=trusted)
             # entries of the folder that are not read, with why (prepare counts them in stats.json)
             pd.DataFrame(ignored, columns=["source", "reason"]).to_csv(tmp / IGNORED_CSV, index=False)
             if not files:
