@@ -228,3 +228,14 @@ def test_faces_command_rejects_bad_options_in_one_line(hostile, tmp_path, option
     result = CliRunner().invoke(app, ["faces", str(hostile), str(tmp_path / "out"), *option])
     assert result.exit_code == 1 and result.output.startswith("error: --") and result.output.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_faces_refuses_to_write_over_its_input(tmp_path, out):
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(astronaut()).save(src / "a.png")
+    before = (src / "a.png").read_bytes()
+    result = CliRunner().invoke(app, ["faces", str(src), str(src / out)])
+    assert result.exit_code == 1 and "contains, the input folder" in result.output
+    assert (src / "a.png").read_bytes() == before

