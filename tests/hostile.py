@@ -38,6 +38,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "rgba.png": (F, K),
     "palette.png": (F, K),
     "gray.png": (F, K),
+    "bilevel.png": (F, K),
+    "gray alpha.png": (F, K),
     "gray astronaut.jpg": (K, K),
     "exif3.jpg": (K, K),
     "exif6.jpg": (K, K),
@@ -134,6 +136,10 @@ def build_hostile(root: Path) -> Path:
     pal.putpalette([10, 20, 30, 0, 200, 0, 255, 255, 0] + [0] * 759)
     pal.save(folder / "palette.png", transparency=0)
     halves(40, 220, mode="L").save(folder / "gray.png")
+    halves(0, 1, mode="1").save(folder / "bilevel.png")
+    gray_alpha = np.zeros((48, 64, 2), np.uint8)  # black: left transparent, right opaque
+    gray_alpha[:, 32:, 1] = 255
+    Image.fromarray(gray_alpha, "LA").save(folder / "gray alpha.png")
     face.convert("L").save(folder / "gray astronaut.jpg", quality=95)
 
     # EXIF orientation: the stored pixels are turned; only the tag makes the face upright

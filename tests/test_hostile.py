@@ -9,6 +9,7 @@ import json
 import time
 from collections import Counter
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,15 +95,22 @@ def test_alpha_and_palette_are_composited_on_white(plain):
     assert (np.abs(rgba[40:] - 127) <= 1).all()
     pal = _array(plain, "palette.png")  # transparent | green | yellow
     assert (pal[:, :8] == 255).all() and (pal[:, 8:32] == (0, 200, 0)).all() and (pal[:, 32:] == (255, 255, 0)).all()
+    gray_alpha = _array(plain, "gray alpha.png")  # black, transparent | opaque
+    assert (gray_alpha[:, :24] == 255).all() and (gray_alpha[:, 24:] == 0).all()
 
 
-def test_cmyk_gray_and_animations_keep_their_colours(plain):
+def test_cmyk_gray_and_animations_keep_their_colours(plain, hostile):
     cmyk = _array(plain, "cmyk.jpg")  # red ink-free, then blue
     assert np.abs(cmyk[4:20] - (255, 0, 0)).max() <= 12 and np.abs(cmyk[28:44] - (0, 0, 255)).max() <= 12
+    for name in ("cmyk.jpg", "cmyk astronaut.jpg"):  # libjpeg's own CMYK conversion, through OpenCV, agrees
+        by_opencv = cv2.imread(str(hostile / name))[:, :, ::-1]
+        assert np.abs(load_rgb(hostile / name).astype(int) - by_opencv).max() <= 2, name
     reference = _array(plain, "astronaut.jpg")
     assert np.abs(_array(plain, "cmyk astronaut.jpg") - reference).mean() < 4
     gray = _array(plain, "gray.png")
     assert (gray[:24] == 40).all() and (gray[24:] == 220).all()
+    bilevel = _array(plain, "bilevel.png")
+    assert (bilevel[:24] == 0).all() and (bilevel[24:] == 255).all()
     for name in ("animated.gif", "animated.webp"):  # first frame: red
         assert (np.abs(_array(plain, name) - (255, 0, 0)) <= 2).all(), name
     assert (_array(plain, "UPPER.PNG")[:24] == (255, 0, 0)).all()
