@@ -7,6 +7,7 @@ entry's path inside the folder to its status: (with face detection, without).
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -55,6 +56,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "UPPER.PNG": (F, K),
     "nested/deeper/ünïcödé façe ☺.jpg": (K, K),
     "with space/a b.png": (F, K),
+    "not utf-8 \\xff.jpg": (K, K),           # a name whose bytes are not UTF-8: shown escaped
+    "new\nline.png": (F, K),
     "dir.jpg/inside.png": (F, K),
     "dir.jpg": ("ignored", "ignored"),           # a directory named like an image
     ".hidden.png": ("ignored", "ignored"),
@@ -161,6 +164,8 @@ def build_hostile(root: Path) -> Path:
     halves((255, 0, 0), (0, 0, 255)).save(folder / "UPPER.PNG")
     face.save(folder / "nested/deeper/ünïcödé façe ☺.jpg", quality=95)
     halves((255, 0, 0), (0, 0, 255)).save(folder / "with space/a b.png")
+    face.save(folder / os.fsdecode(b"not utf-8 \xff.jpg"), quality=95)
+    halves((255, 0, 0), (0, 0, 255)).save(folder / "new\nline.png")
     halves((255, 0, 0), (0, 0, 255)).save(folder / "dir.jpg/inside.png")
     face.save(folder / ".hidden.png")
     face.save(folder / ".cache/thumb.png")

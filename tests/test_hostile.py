@@ -247,3 +247,30 @@ def test_faces_refuses_to_write_over_its_input(tmp_path, out):
     result = CliRunner().invoke(app, ["faces", str(src), str(src / out)])
     assert result.exit_code == 1 and "contains, the input folder" in result.output
     assert (src / "a.png").read_bytes() == before
+
+
+def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monkeypatch):
+    """No read permission, or gone since the scan (root ignores chmod, so the copy is made to fail)."""
+    import shutil
+
+    from dcganlab import sources
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (20, 20), "red").save(src / name)
+    real_copy = shutil.copyfile
+
+    def copy(a, b):
+        if a.name == "b.png":
+            raise PermissionError(13, "Permission denied")
+        return real_copy(a, b)
+
+    monkeypatch.setattr(sources.shutil, "copyfile", copy)
+    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
+                                     "datasets.digits.path": str(src)})).datasets["digits"]
+    manifest = fetch(ds, tmp_path / "raw", tmp_path / "dl")
+    assert list(manifest["source"]) == ["a.png", "c.png"] and list(manifest["file"]) == ["images/000000.png",
+                                                                                         "images/000001.png"]
+    ignored = pd.read_csv(tmp_path / "raw/ignored.csv")
+    assert ignored.values.tolist() == [["b.png", "cannot be read (PermissionError)"]]

@@ -28,7 +28,7 @@ from dcganlab.atomic import atomic_dir, save_png, write_csv, write_json
 from dcganlab.errors import UserError
 from dcganlab.faces import CropSettings, process_image
 from dcganlab.paths import inside
-from dcganlab.sources import IGNORED_CSV, scan_folder
+from dcganlab.sources import IGNORED_CSV, scan_folder, shown
 
 
 def _init_worker() -> None:
@@ -156,7 +156,7 @@ def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> p
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     root = src.resolve()
-    rels = [path.relative_to(root) for path in files]
+    rels = [Path(shown(path.relative_to(root).as_posix())) for path in files]
     for rel, name, (arr, status, reason) in zip(rels, crop_names(rels), results):
         crop = ""
         if arr is not None:

@@ -182,7 +182,7 @@ def scan_folder(folder: Path, exclude: Path | None = None,
     ignored: list[tuple[str, str]] = []
 
     def skip(path: Path, why: str) -> None:
-        ignored.append((path.relative_to(folder).as_posix(), why))
+        ignored.append((shown(path.relative_to(folder).as_posix()), why))
 
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
@@ -213,6 +213,12 @@ def scan_folder(folder: Path, exclude: Path | None = None,
             else:
                 files.append(path)
     return files, ignored
+
+
+def shown(name: str) -> str:
+    """`name` as text that any CSV or terminal takes: bytes of a file name that are not UTF-8
+    (Linux allows them) are written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _inside(link: Path, roots: tuple[Path, ...]) -> bool:
@@ -248,15 +254,20 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
             folder = _check_folder(ds.path if project_root is None else str((project_root / ds.path)))
             trusted = (project_root / ".dvc" / "cache",) if project_root is not None else ()
             files, ignored = scan_folder(folder, trusted=trusted)
-            # entries of the folder that are not read, with why (prepare counts them in stats.json)
-            pd.DataFrame(ignored, columns=["source", "reason"]).to_csv(tmp / IGNORED_CSV, index=False)
             if not files:
                 raise UserError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_EXTS))})")
             files = files[: ds.limit or None]
-            for i, src in enumerate(tqdm(files, desc=f"copy {folder.name}", unit="img", disable=None)):
-                name = f"{i:06d}{src.suffix.lower()}"
-                shutil.copyfile(src, images / name)
-                rows.append({"file": f"images/{name}", "label": "", "source": str(src.relative_to(folder.resolve()))})
+            for src in tqdm(files, desc=f"copy {shown(folder.name)}", unit="img", disable=None):
+                rel = shown(src.relative_to(folder.resolve()).as_posix())
+                name = f"{len(rows):06d}{src.suffix.lower()}"
+                try:
+                    shutil.copyfile(src, images / name)
+                except OSError as exc:  # no permission, vanished since the scan, I/O error
+                    ignored.append((rel, f"cannot be read ({type(exc).__name__})"))
+                    continue
+                rows.append({"file": f"images/{name}", "label": "", "source": rel})
+            # entries of the folder that are not read, with why (prepare counts them in stats.json)
+            pd.DataFrame(ignored, columns=["source", "reason"]).to_csv(tmp / IGNORED_CSV, index=False)
         else:
             if ds.source == "mnist-subset":
                 items = mnist_subset()
