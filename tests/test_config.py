@@ -162,6 +162,9 @@ def test_missing_or_broken_params_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("seed: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("seed: 0 # café\n".encode("latin-1"))
+    with pytest.raises(ParamsError, match="not UTF-8 text"):
+        load_params(tmp_path / "latin1.yaml")
 
 
 def test_every_single_bad_value_gives_one_message_and_no_crash():

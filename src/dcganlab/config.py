@@ -304,7 +304,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
-    loader = _StrictLoader(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    loader = _StrictLoader(text)
     try:
         raw = loader.get_single_data()
     except yaml.YAMLError as exc:
