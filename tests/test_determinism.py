@@ -41,21 +41,24 @@ for stage in sys.argv[2:]:
 """
 
 
-def _run_pipeline(root, hash_seed):
+def _start_pipeline(root, hash_seed):
     """Every stage in one fresh process (a different PYTHONHASHSEED each: no set or dict
     order may leak into the results)."""
     params = write_params(root, tiny_params(**{"datasets.digits.limit": 80}))
     env = {**os.environ, "PYTHONHASHSEED": str(hash_seed), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run([sys.executable, "-c", RUN_STAGES, str(params), *STAGES], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
+    return subprocess.Popen([sys.executable, "-c", RUN_STAGES, str(params), *STAGES], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    return [_run_pipeline(tmp_path_factory.mktemp(f"run{i}"), hash_seed=i + 1) for i in range(2)]
+    roots = [tmp_path_factory.mktemp(f"run{i}") for i in range(2)]
+    runs = [_start_pipeline(root, hash_seed=i + 1) for i, root in enumerate(roots)]  # side by side
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+    return roots
 
 
 def test_timing_filter_only_drops_timing_keys():
