@@ -45,8 +45,8 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
                 "data/processed/digits/images.npy", "data/processed/faces/stats.json",
                 "models/extractors/digits.pt", "models/extractors/faces.pt",
                 "models/tiny/model.pt", "models/tiny/train/checkpoint.pt",
-                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/tiny/samples/grid.png",
-                "reports/tiny/samples/interpolation.png", "reports/eval/tiny.json",
+                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/samples/tiny/grid.png",
+                "reports/samples/tiny/interpolation.png", "reports/eval/tiny.json",
                 "reports/metrics.json", "reports/summary.md", "mlflow.db"]:
         assert (work / out).is_file(), out
     faces = json.loads((work / "data/processed/faces/stats.json").read_text())

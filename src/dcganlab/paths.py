@@ -41,3 +41,18 @@ def report_dir(root: Path, experiment: str) -> Path:
 def eval_path(root: Path, experiment: str) -> Path:
     """One experiment's evaluation (the report stage depends on the folder of these)."""
     return root / "reports" / "eval" / f"{experiment}.json"
+
+
+def samples_dir(root: Path, experiment: str) -> Path:
+    """The sample stage's figures (one DVC output per experiment)."""
+    return root / "reports" / "samples" / experiment
+
+
+def quality_path(root: Path, experiment: str) -> Path:
+    """FID per saved epoch (the quality stage); the report draws its curves."""
+    return root / "reports" / "quality" / f"{experiment}.csv"
+
+
+def figures_dir(root: Path) -> Path:
+    """The report's own figures."""
+    return root / "reports" / "figures"
