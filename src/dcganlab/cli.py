@@ -200,14 +200,16 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
 
 @app.command()
 def report(params: Path = ParamsOpt) -> None:
-    """Collect every experiment's metrics. Reads reports/eval/<exp>.json; writes
-    reports/metrics.json (DVC metrics) and reports/summary.md."""
+    """Compare every experiment and judge the papers' claims. Reads reports/eval/<exp>.json,
+    reports/quality/<exp>.csv and reports/samples/<exp>/ (missing ones show as n/a); writes
+    reports/metrics.json (DVC metrics), reports/figures/ (FID vs epoch and wall-clock),
+    reports/summary.md and reports/summary.html (self-contained, images inline)."""
     def work():
         from dcganlab.report import report as report_stage
 
         p = _params(params)
         metrics = report_stage(p)
-        typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}")
+        typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}, summary.html")
     _run(work)
 
 
