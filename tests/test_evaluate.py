@@ -47,7 +47,7 @@ def test_sample_and_evaluate_commands(trained):
     runner = CliRunner()
     result = runner.invoke(app, ["sample", "tiny", "--params", params])
     assert result.exit_code == 0, result.output
-    samples = root / "reports/tiny/samples"
+    samples = root / "reports/samples/tiny"
     assert Image.open(samples / "grid.png").size == (4 * 18 + 2, 4 * 18 + 2)  # 16 samples, 4x4
     assert Image.open(samples / "interpolation.png").size == (4 * 18 + 2, 2 * 18 + 2)
     assert Image.open(samples / "nice.png").size == (4 * 18 + 2, 4 * 18 + 2)

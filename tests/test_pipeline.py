@@ -45,9 +45,11 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
                 "data/processed/digits/images.npy", "data/processed/faces/stats.json",
                 "models/extractors/digits.pt", "models/extractors/faces.pt",
                 "models/tiny/model.pt", "models/tiny/train/checkpoint.pt",
-                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/tiny/samples/grid.png",
-                "reports/tiny/samples/interpolation.png", "reports/eval/tiny.json",
-                "reports/metrics.json", "reports/summary.md", "mlflow.db"]:
+                "reports/tiny/losses.csv", "reports/tiny/train.json", "reports/samples/tiny/grid.png",
+                "reports/samples/tiny/interpolation.png", "reports/eval/tiny.json",
+                "reports/samples/tiny/arithmetic.png", "reports/samples/tiny/progression.png",
+                "reports/samples/tiny/d_filters.png", "reports/metrics.json", "reports/summary.md",
+                "reports/summary.html", "mlflow.db"]:
         assert (work / out).is_file(), out
     faces = json.loads((work / "data/processed/faces/stats.json").read_text())
     assert faces["kept"] >= 28 and faces["discarded"].get("no_face", 0) == 30 - faces["kept"]
@@ -58,3 +60,4 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
     second = _run(dvc + ["repro"], work, env)
     assert "Running stage" not in second
     assert "tiny" in _run(dvc + ["metrics", "show"], work, env)
+    assert "tiny.fid" in _run(dvc + ["metrics", "diff", "--all"], work, env)  # workspace vs HEAD (no metrics yet)

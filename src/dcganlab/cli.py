@@ -159,9 +159,12 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
            num: int = typer.Option(16, "--num", help="with --label: how many samples"),
            out: Optional[Path] = typer.Option(None, "--out", help="with --label: output PNG"),
            params: Path = ParamsOpt) -> None:
-    """Sample a trained model. Reads models/<exp>/model.pt and params `sample`; writes
-    reports/<exp>/samples/: grid.png (non-cherry-picked), interpolation.png, nice.png
-    (discriminator-ranked), classes.png (conditional: one row per class). With --label,
+    """Sample a trained model. Reads models/<exp>/model.pt, its per-epoch grids in
+    models/<exp>/train/grids/, models/extractors/<dataset>.pt and params `sample`; writes
+    reports/samples/<exp>/: grid.png (non-cherry-picked), interpolation.png, nice.png
+    (discriminator-ranked), classes.png (conditional: one row per class), arithmetic.png
+    (latent vector arithmetic), progression.png (epochs 1, 5, 10, 20 and the last),
+    d_filters.png (first discriminator layer), figures.json (what they show). With --label,
     writes only --out (default reports/<exp>/label_<label>.png)."""
     def work():
         from dcganlab import paths
@@ -200,14 +203,16 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
 
 @app.command()
 def report(params: Path = ParamsOpt) -> None:
-    """Collect every experiment's metrics. Reads reports/eval/<exp>.json; writes
-    reports/metrics.json (DVC metrics) and reports/summary.md."""
+    """Compare every experiment and judge the papers' claims. Reads reports/eval/<exp>.json,
+    reports/quality/<exp>.csv and reports/samples/<exp>/ (missing ones show as n/a); writes
+    reports/metrics.json (DVC metrics), reports/figures/ (FID vs epoch and wall-clock),
+    reports/summary.md and reports/summary.html (self-contained, images inline)."""
     def work():
         from dcganlab.report import report as report_stage
 
         p = _params(params)
         metrics = report_stage(p)
-        typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}")
+        typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}, summary.html")
     _run(work)
 
 

@@ -81,6 +81,9 @@ class SampleParams:
     num: int = 64
     interpolation_pairs: int = 8
     interpolation_steps: int = 8
+    arithmetic_rows: int = 4     # rows (analogies) in arithmetic.png
+    arithmetic_pool: int = 1000  # latents drawn (and classified) to find samples of each kind
+    arithmetic_mean_of: int = 3  # latents averaged per kind (the DCGAN paper averages 3)
 
 
 @dataclass
@@ -250,6 +253,10 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.sample.num >= 1, "sample.num: must be >= 1")
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
+    need(p.sample.arithmetic_rows >= 1, "sample.arithmetic_rows: must be >= 1")
+    need(p.sample.arithmetic_mean_of >= 1, "sample.arithmetic_mean_of: must be >= 1")
+    need(p.sample.arithmetic_pool >= 3 * p.sample.arithmetic_mean_of,
+         "sample.arithmetic_pool: must be >= 3 x sample.arithmetic_mean_of")
     need(p.evaluate.num_samples >= 2, "evaluate.num_samples: must be >= 2")
     need(p.evaluate.kid_subset_size >= 2, "evaluate.kid_subset_size: must be >= 2")
     need(p.extractor.epochs >= 1, "extractor.epochs: must be >= 1")

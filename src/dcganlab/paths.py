@@ -65,3 +65,18 @@ def inside(base: Path, rel: str) -> Path:
     if ".." in Path(rel).parts:
         raise ValueError("'..' leaves the folder")
     return base / rel
+
+
+def samples_dir(root: Path, experiment: str) -> Path:
+    """The sample stage's figures (one DVC output per experiment)."""
+    return root / "reports" / "samples" / _part(experiment)
+
+
+def quality_path(root: Path, experiment: str) -> Path:
+    """FID per saved epoch (the quality stage); the report draws its curves."""
+    return root / "reports" / "quality" / f"{_part(experiment)}.csv"
+
+
+def figures_dir(root: Path) -> Path:
+    """The report's own figures."""
+    return root / "reports" / "figures"

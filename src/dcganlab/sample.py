@@ -1,11 +1,17 @@
-"""sample: a grid of non-cherry-picked samples and a latent interpolation strip.
+"""sample: what a trained generator draws, as figures.
 
-Writes to reports/<experiment>/samples/ and the experiment's MLflow run:
-- samples.png: the first `sample.num` samples of a seeded draw (not cherry-picked);
+Writes to reports/samples/<experiment>/ and the experiment's MLflow run (artifacts `samples/`):
+- grid.png: the first `sample.num` samples of a seeded draw (not cherry-picked);
 - interpolation.png: one row per random pair of latent vectors, `interpolation_steps`
   images from one end to the other (spherical for Gaussian noise, linear for uniform);
 - nice.png: discriminator-ranked samples (the best `sample.num` of 20x as many);
-- classes.png (conditional models): one row per class.
+- classes.png (conditional models): one row per class;
+- arithmetic.png: latent vector arithmetic (figures.py says how kinds are chosen for each
+  kind of model);
+- progression.png: the training grids of epochs 1, 5, 10, 20 (closest saved) and the last;
+- d_filters.png: the first discriminator layer's filters;
+- figures.json: what the figures show (the arithmetic's kinds and verdict per row, the
+  progression's epochs), so the report can print it next to them.
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from pathlib import Path
 import torch
 
 from dcganlab import paths
-from dcganlab.atomic import atomic_dir, save_png
+from dcganlab.atomic import atomic_dir, save_png, write_json
 from dcganlab.config import Params
 from dcganlab.errors import UserError
+from dcganlab.extractor import load_extractor
+from dcganlab.figures import filter_grid, latent_arithmetic, progression
 from dcganlab.tracking import existing_run
 from dcganlab.train import generate, load_model, sample_noise, to_grid
 
@@ -77,7 +85,7 @@ def sample(params: Params, name: str) -> dict:
     e, k = meta["experiment"], meta["num_classes"]
     gen = torch.Generator().manual_seed(params.seed + 100)
     s = params.sample
-    out = paths.report_dir(root, name) / "samples"
+    out = paths.samples_dir(root, name)
     written = {}
 
     z = sample_noise(s.num, e.z_dim, e.noise, "cpu", gen)
@@ -90,16 +98,28 @@ def sample(params: Params, name: str) -> dict:
     if D is not None:
         nice, _ = nice_samples(G, D, s.num, e.z_dim, e.noise, 20, gen, balanced_labels(s.num, k))
         written["nice"] = to_grid(nice, nrow=math.ceil(math.sqrt(s.num)))
+        written["d_filters"] = filter_grid(D)
     if k:  # one row per class, 8 samples each
         z = sample_noise(8, e.z_dim, e.noise, "cpu", gen).repeat(k, 1)
         written["classes"] = to_grid(generate(G, z, torch.arange(k).repeat_interleave(8)), nrow=8)
 
+    # the domain classifier (labeled datasets) decides which digit a generated sample shows
+    extractor, info = load_extractor(paths.extractor_path(root, e.dataset))
+    classifier = extractor if info["kind"] == "classifier" else None
+    classes = info["classes"] if classifier is not None else meta["classes"]
+    written["arithmetic"], arithmetic = latent_arithmetic(
+        G, e.z_dim, e.noise, k, classifier, classes, s.arithmetic_pool, s.arithmetic_mean_of, s.arithmetic_rows,
+        torch.Generator().manual_seed(params.seed + 400))
+    written["progression"], epochs = progression(paths.state_dir(root, name) / "grids")
+    described = {"arithmetic": arithmetic, "progression_epochs": epochs}  # what the figures show, for the report
+
     with atomic_dir(out) as tmp:  # the folder is swapped in whole: no stale or partial images
         for key, image in written.items():
             image.save(tmp / f"{key}.png", format="PNG")
+        write_json(tmp / "figures.json", described)
     files = {key: out / f"{key}.png" for key in written}
     with existing_run(params, paths.state_dir(root, name)) as mlflow:
         if mlflow is not None:
-            for path in files.values():
+            for path in sorted(out.iterdir()):
                 mlflow.log_artifact(str(path), "samples")
-    return {k: str(v) for k, v in files.items()}
+    return {key: str(path) for key, path in files.items()}
