@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -35,20 +36,36 @@ from dcganlab.tracking import existing_run
 from dcganlab.train import generate, load_model, load_processed, sample_noise
 
 
+class _Features(nn.Module):
+    """Hands precomputed features to torchmetrics: each image set goes through the (possibly
+    expensive) extractor once, and FID, KID and precision/recall share those features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 @torch.no_grad()
-def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0) -> dict:
-    """FID and KID between two sets of images in [-1, 1] on `extractor` features."""
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True)
-    subset = min(kid_subset, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=True)
-    for images, is_real in ((real, True), (fake, False)):
-        for i in range(0, len(images), batch):
-            chunk = images[i: i + batch]
-            fid.update(chunk, real=is_real)
-            kid.update(chunk, real=is_real)
+def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int, seed: int = 0) -> dict:
+    """FID and KID (torchmetrics) between two sets of feature vectors."""
+    identity = _Features(real_f.shape[1])
+    fid = FrechetInceptionDistance(feature=identity, normalize=True)
+    subset = min(kid_subset, len(real_f), len(fake_f))
+    kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
+    for feats, is_real in ((real_f, True), (fake_f, False)):
+        fid.update(feats, real=is_real)
+        kid.update(feats, real=is_real)
     torch.manual_seed(seed)  # KID draws random subsets
     kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
+
+
+def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0) -> dict:
+    """FID and KID between two sets of images in [-1, 1] on `extractor` features."""
+    return fid_kid_features(embed(extractor, real, batch), embed(extractor, fake, batch), kid_subset, seed)
 
 
 def reference(params: Params, dataset: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, str, dict]:
@@ -104,16 +121,17 @@ def evaluate(params: Params, name: str) -> dict:
     z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
     fake_labels = balanced_labels(n_fake, k)
     fake = generate(G, z, fake_labels)
-    scores = fid_kid(extractor, real, fake, ev.kid_subset_size, ev.batch_size, params.seed)
-    real_f, fake_f = embed(extractor, real), embed(extractor, fake)
+    real_f, fake_f = embed(extractor, real, ev.batch_size), embed(extractor, fake, ev.batch_size)
+    scores = fid_kid_features(real_f, fake_f, ev.kid_subset_size, params.seed)
     pr = precision_recall(real_f, fake_f, ev.pr_k)
 
     train_imgs = data["images"][data["split"] == 0]
     floor, pr_floor = {}, {}
     if ref_split == "test" and len(train_imgs) >= 2:
         other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=gen)[:ev.num_samples].numpy()])
-        floor = fid_kid(extractor, real, other, ev.kid_subset_size, ev.batch_size, params.seed)
-        pr_floor = precision_recall(real_f, embed(extractor, other), ev.pr_k)
+        other_f = embed(extractor, other, ev.batch_size)
+        floor = fid_kid_features(real_f, other_f, ev.kid_subset_size, params.seed)
+        pr_floor = precision_recall(real_f, other_f, ev.pr_k)
 
     labeled = info["kind"] == "classifier"
     class_accuracy = coverage = probe = None
@@ -133,7 +151,7 @@ def evaluate(params: Params, name: str) -> dict:
     fid_ranked = None
     if D is not None:
         ranked, _ = nice_samples(G, D, n_fake, e.z_dim, e.noise, ev.nice_factor, gen, fake_labels)
-        fid_ranked = fid_kid(extractor, real, ranked, ev.kid_subset_size, ev.batch_size, params.seed)["fid"]
+        fid_ranked = fid_kid_features(real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size, params.seed)["fid"]
 
     inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url)
     inception_scores = None

@@ -20,8 +20,8 @@ from dcganlab import paths
 from dcganlab.atomic import write_csv
 from dcganlab.config import Params
 from dcganlab.errors import UserError
-from dcganlab.evaluate import fid_kid, reference
-from dcganlab.extractor import load_extractor
+from dcganlab.evaluate import fid_kid_features, reference
+from dcganlab.extractor import embed, load_extractor
 from dcganlab.sample import balanced_labels
 from dcganlab.tracking import existing_run
 from dcganlab.train import generate, load_model, sample_noise
@@ -54,12 +54,13 @@ def quality(params: Params, name: str) -> pd.DataFrame:
     gen = torch.Generator().manual_seed(params.seed + 400)
     real, _, _ = reference(params, e.dataset, ev.curve_samples, gen)
     z = sample_noise(ev.curve_samples, e.z_dim, e.noise, "cpu", gen)  # the same latents for every epoch
+    real_f = embed(extractor, real, ev.batch_size)
     wall = _wall_clock(state)
     rows = []
     for epoch, path in files:
         G, _, meta = load_model(path)
         fake = generate(G, z, balanced_labels(len(z), meta["num_classes"]))
-        s = fid_kid(extractor, real, fake, ev.kid_subset_size, ev.batch_size, params.seed)
+        s = fid_kid_features(real_f, embed(extractor, fake, ev.batch_size), ev.kid_subset_size, params.seed)
         rows.append({"epoch": epoch, "wall_s": wall.get(epoch, float("nan")), "fid": s["fid"], "kid": s["kid"],
                      "n_fake": len(fake), "n_real": len(real)})
     table = pd.DataFrame(rows, columns=["epoch", "wall_s", "fid", "kid", "n_fake", "n_real"])
