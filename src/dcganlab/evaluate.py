@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -54,7 +55,9 @@ def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int
     identity = _Features(real_f.shape[1])
     fid = FrechetInceptionDistance(feature=identity, normalize=True)
     subset = min(kid_subset, len(real_f), len(fake_f))
-    kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
+    with warnings.catch_warnings():  # "KID keeps all features in memory": known, and small here
+        warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
+        kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
     for feats, is_real in ((real_f, True), (fake_f, False)):
         fid.update(feats, real=is_real)
         kid.update(feats, real=is_real)
