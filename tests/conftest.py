@@ -31,7 +31,8 @@ TINY_PARAMS = {
     "extractor": {"epochs": 1, "batch_size": 32, "lr": 0.001, "features": 16},
     "evaluate": {"num_samples": 40, "kid_subset_size": 10, "batch_size": 20, "pr_k": 3, "ssim_pairs": 20,
                  "probe_train_n": 100, "nice_factor": 2, "inception": "auto",
-                 "inception_weights": "models/extractors/inception/w.pth", "inception_url": "", "curve_samples": 20},
+                 "inception_weights": "models/extractors/inception/w.pth", "inception_url": "", "curve_samples": 20,
+                 "inception_samples": 4},
     "tracking": {"uri": ""},
 }
 

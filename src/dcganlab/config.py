@@ -99,6 +99,7 @@ class EvaluateParams:
     inception_url: str = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                           "weights-inception-2015-12-05-6726825d.pth")  # "" = never download
     curve_samples: int = 250     # quality stage: generated and real images per saved epoch
+    inception_samples: int = 500  # inception FID/KID: at most this many generated and real images (slow on a CPU)
 
 
 @dataclass
@@ -238,6 +239,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.evaluate.nice_factor >= 1, "evaluate.nice_factor: must be >= 1")
     need(p.evaluate.inception in ("auto", "off"), "evaluate.inception: must be 'auto' or 'off'")
     need(p.evaluate.curve_samples >= 2, "evaluate.curve_samples: must be >= 2")
+    need(p.evaluate.inception_samples >= 2, "evaluate.inception_samples: must be >= 2")
     need(p.extractor.epochs >= 1, "extractor.epochs: must be >= 1")
     need(p.extractor.lr > 0, "extractor.lr: must be > 0")
 

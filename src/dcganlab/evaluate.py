@@ -158,9 +158,11 @@ def evaluate(params: Params, name: str) -> dict:
 
     inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url)
     inception_scores = None
-    if inception is not None:
-        s = fid_kid(inception, real, fake, ev.kid_subset_size, ev.batch_size, params.seed)
-        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "n_fake": n_fake, "n_real": n_real}
+    if inception is not None:  # the first inception_samples of the same real and generated images
+        n_i = min(ev.inception_samples, n_real, n_fake)
+        s = fid_kid(inception, real[:n_i], fake[:n_i], ev.kid_subset_size, 50, params.seed)
+        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
+                            "n_fake": n_i, "n_real": n_i}
 
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"

@@ -28,22 +28,23 @@ class InceptionFeatures(nn.Module):
 
     num_features = FEATURES
 
-    def __init__(self, weights: Path):
+    def __init__(self, weights: Path, device: str | torch.device = "cpu"):
         super().__init__()
+        self.device = torch.device(device)
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         # torch-fidelity unpickles the file (weights_only=False): check first that it is a
         # plain tensor state dict, so a tampered file cannot run code.
         torch.load(weights, map_location="cpu", weights_only=True)
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(FEATURES)],
-                                      feature_extractor_weights_path=str(weights), antialias=False)
+                                      feature_extractor_weights_path=str(weights), antialias=False).to(self.device)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         u8 = x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-        return self.net(u8).reshape(len(x), -1)
+        return self.net(u8.to(self.device)).reshape(len(x), -1).float().cpu()
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:
@@ -53,8 +54,11 @@ def _download(url: str, dest: Path, timeout: float) -> None:
                 fh.write(chunk)
 
 
-def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0) -> tuple[InceptionFeatures | None, str]:
-    """(extractor or None, status): status is "used" or "unavailable: <one-line reason>"."""
+def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0,
+                   device: str | None = None) -> tuple[InceptionFeatures | None, str]:
+    """(extractor or None, status): status is "used" or "unavailable: <one-line reason>".
+    Runs on the GPU when there is one (InceptionV3 at 299x299 is slow on a CPU)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if mode == "off":
         return None, "unavailable: evaluate.inception is off"
     try:
@@ -70,7 +74,7 @@ def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0) ->
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None, f"unavailable: no weights at {weights} and download failed ({type(exc).__name__}: {reason})"
     try:
-        return InceptionFeatures(weights).eval(), "used"
+        return InceptionFeatures(weights, device).eval(), "used"
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
         return None, f"unavailable: weights at {weights} did not load ({type(exc).__name__}: {reason})"
