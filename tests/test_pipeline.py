@@ -61,3 +61,10 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
     assert "Running stage" not in second
     assert "tiny" in _run(dvc + ["metrics", "show"], work, env)
     assert "tiny.fid" in _run(dvc + ["metrics", "diff", "--all"], work, env)  # workspace vs HEAD (no metrics yet)
+    quality = (work / "reports/quality/tiny.csv").read_text().splitlines()
+    assert quality[0] == "epoch,wall_s,fid,kid,n_fake,n_real" and len(quality) == 1 + 1  # one row per epoch
+    plots = json.loads(_run(dvc + ["plots", "show", "--json"], work, env))
+    assert not plots.get("errors"), plots.get("errors")
+    x_fields = {entry["content"]["encoding"]["x"]["field"] for name, entries in plots["data"].items()
+                if "reports/quality/tiny.csv" in name for entry in entries}
+    assert x_fields == {"epoch", "wall_s"}  # quality vs epoch and vs wall clock

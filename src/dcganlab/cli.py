@@ -187,9 +187,11 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
 @app.command()
 def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
              params: Path = ParamsOpt) -> None:
-    """FID/KID of a trained generator on the dataset's domain extractor. Reads
-    models/<exp>/model.pt, models/extractors/<dataset>.pt, data/processed/<dataset>/;
-    writes reports/eval/<exp>.json (each number with extractor, counts and split)."""
+    """FID/KID, precision/recall, diversity, class accuracy / mode coverage, linear probe of a
+    trained generator (and its discriminator). Reads models/<exp>/model.pt,
+    models/extractors/<dataset>.pt, data/processed/<dataset>/, the InceptionV3 weights if
+    present (`evaluate.inception_weights`); writes reports/eval/<exp>.json (each number with
+    extractor, counts and split)."""
     def work():
         from dcganlab.evaluate import evaluate as evaluate_stage
 
@@ -197,7 +199,27 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
         for name in _names(experiment, p.experiments, "experiment"):
             m = evaluate_stage(p, name)
             typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
-                       f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']})")
+                       f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']}); "
+                       f"precision {m['precision']:.3f} recall {m['recall']:.3f}; inception {m['inception_status']}")
+    _run(work)
+
+
+@app.command()
+def quality(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
+            params: Path = ParamsOpt) -> None:
+    """FID/KID of every saved epoch generator (cheap: `evaluate.curve_samples` images). Reads
+    models/<exp>/train/ (generators, checkpoint history), models/extractors/<dataset>.pt,
+    data/processed/<dataset>/; writes reports/quality/<exp>.csv (epoch, wall_s, fid, kid,
+    n_fake, n_real) and MLflow metrics fid_curve/kid_curve by epoch."""
+    def work():
+        from dcganlab.quality import quality as quality_stage, quality_path
+
+        p = _params(params)
+        for name in _names(experiment, p.experiments, "experiment"):
+            table = quality_stage(p, name)
+            last = table.iloc[-1]
+            typer.echo(f"quality {name}: {len(table)} epochs, last FID {last['fid']:.3f} "
+                       f"({int(last['n_fake'])} vs {int(last['n_real'])} images) -> {quality_path(p.root, name)}")
     _run(work)
 
 

@@ -99,6 +99,16 @@ class EvaluateParams:
     num_samples: int = 1000
     kid_subset_size: int = 100
     batch_size: int = 250
+    pr_k: int = 3                # precision/recall: k of the k-NN manifold radius
+    ssim_pairs: int = 500        # diversity: random pairs for mean pairwise SSIM
+    probe_train_n: int = 2000    # linear probe: at most this many real training images
+    nice_factor: int = 5         # fid_ranked: keep the D-best n of nice_factor * n samples
+    inception: str = "auto"      # auto (use the InceptionV3 weights if present or downloadable) | off
+    inception_weights: str = "models/extractors/inception/weights-inception-2015-12-05-6726825d.pth"
+    inception_url: str = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                          "weights-inception-2015-12-05-6726825d.pth")  # "" = never download
+    curve_samples: int = 250     # quality stage: generated and real images per saved epoch
+    inception_samples: int = 500  # inception FID/KID: at most this many generated and real images (slow on a CPU)
 
 
 @dataclass
@@ -259,6 +269,13 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
          "sample.arithmetic_pool: must be >= 3 x sample.arithmetic_mean_of")
     need(p.evaluate.num_samples >= 2, "evaluate.num_samples: must be >= 2")
     need(p.evaluate.kid_subset_size >= 2, "evaluate.kid_subset_size: must be >= 2")
+    need(p.evaluate.pr_k >= 1, "evaluate.pr_k: must be >= 1")
+    need(p.evaluate.ssim_pairs >= 1, "evaluate.ssim_pairs: must be >= 1")
+    need(p.evaluate.probe_train_n >= 2, "evaluate.probe_train_n: must be >= 2")
+    need(p.evaluate.nice_factor >= 1, "evaluate.nice_factor: must be >= 1")
+    need(p.evaluate.inception in ("auto", "off"), "evaluate.inception: must be 'auto' or 'off'")
+    need(p.evaluate.curve_samples >= 2, "evaluate.curve_samples: must be >= 2")
+    need(p.evaluate.inception_samples >= 2, "evaluate.inception_samples: must be >= 2")
     need(p.extractor.epochs >= 1, "extractor.epochs: must be >= 1")
     need(p.extractor.lr > 0, "extractor.lr: must be > 0")
 

@@ -1,66 +1,168 @@
-"""evaluate: FID and KID of each experiment's generator, on `domain` extractor features.
+"""evaluate: how good, how diverse and how useful each experiment's generator is.
 
 Every number is stored with how it was computed: extractor (and its own test quality),
-number of generated and real images, and the real reference split. FID/KID come from
-torchmetrics with our extractor as the feature network. `fid_real_floor` is FID between two
-disjoint real samples of the same sizes (train vs reference split): the best a generator can
-hope for at this sample count, so small-sample bias is visible next to the number.
+number of generated and real images, and the real reference split.
+
+- FID/KID (torchmetrics) on the offline `domain` extractor; the same on the standard
+  InceptionV3 weights when they are available (`inception`, see inception.py).
+- `fid_real_floor`: FID between two disjoint real samples of the same sizes (train vs
+  reference split), the best a generator can hope for at this sample count; likewise
+  `precision_real_floor` / `recall_real_floor`.
+- precision/recall (k-NN manifolds), diversity (mean pairwise SSIM), and on labeled data the
+  domain classifier's view: per-class accuracy (conditional models), mode coverage, and a
+  linear probe on the discriminator's features vs raw pixels (see metrics.py).
+- `fid_ranked`: FID of discriminator-ranked samples (the D-best n of nice_factor * n).
 """
 from __future__ import annotations
 
 import json
+import time
+import warnings
 
+import numpy as np
 import torch
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from dcganlab import paths
 from dcganlab.atomic import write_json
 from dcganlab.config import Params
-from dcganlab.extractor import describe, load_extractor, to_float
+from dcganlab.extractor import describe, embed, load_extractor, predict_classes, to_float
+from dcganlab.inception import load_inception
+from dcganlab.metrics import (finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
+                              per_class_accuracy, precision_recall)
+from dcganlab.sample import balanced_labels, nice_samples
 from dcganlab.tracking import existing_run
-from dcganlab.sample import balanced_labels
 from dcganlab.train import generate, load_model, load_processed, sample_noise
 
 
+class _Features(nn.Module):
+    """Hands precomputed features to torchmetrics: each image set goes through the (possibly
+    expensive) extractor once, and FID, KID and precision/recall share those features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 @torch.no_grad()
-def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0) -> dict:
-    """FID and KID between two sets of images in [-1, 1] on `extractor` features."""
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True)
-    subset = min(kid_subset, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=True)
-    for images, is_real in ((real, True), (fake, False)):
-        for i in range(0, len(images), batch):
-            chunk = images[i: i + batch]
-            fid.update(chunk, real=is_real)
-            kid.update(chunk, real=is_real)
+def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int, seed: int = 0) -> dict:
+    """FID and KID (torchmetrics) between two sets of feature vectors."""
+    identity = _Features(real_f.shape[1])
+    fid = FrechetInceptionDistance(feature=identity, normalize=True)
+    subset = min(kid_subset, len(real_f), len(fake_f))
+    with warnings.catch_warnings():  # "KID keeps all features in memory": known, and small here
+        warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
+        kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
+    for feats, is_real in ((real_f, True), (fake_f, False)):
+        fid.update(feats, real=is_real)
+        kid.update(feats, real=is_real)
     torch.manual_seed(seed)  # KID draws random subsets
     kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
 
 
-def evaluate(params: Params, name: str) -> dict:
-    root = params.root
-    e = params.experiment(name)
-    G, _, meta = load_model(paths.model_path(root, name))
-    extractor, info = load_extractor(paths.extractor_path(root, e.dataset))
-    data = load_processed(paths.processed_dir(root, e.dataset))
+def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0) -> dict:
+    """FID and KID between two sets of images in [-1, 1] on `extractor` features."""
+    return fid_kid_features(embed(extractor, real, batch), embed(extractor, fake, batch), kid_subset, seed)
+
+
+def reference(params: Params, dataset: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, str, dict]:
+    """Up to n random real images of the held-out test split (train split if there is none),
+    the split's name, and the processed data."""
+    data = load_processed(paths.processed_dir(params.root, dataset))
     images, split = data["images"], data["split"]
     ref_split = "test" if (split == 1).sum() >= 2 else "train"
     ref = images[split == (1 if ref_split == "test" else 0)]
-    n_real = min(params.evaluate.num_samples, len(ref))
-    gen = torch.Generator().manual_seed(params.seed + 200)
-    real = to_float(ref[torch.randperm(len(ref), generator=gen)[:n_real].numpy()])
-    n_fake = params.evaluate.num_samples
-    z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
-    fake = generate(G, z, balanced_labels(n_fake, meta["num_classes"]))
-    scores = fid_kid(extractor, real, fake, params.evaluate.kid_subset_size, params.evaluate.batch_size, params.seed)
+    real = to_float(ref[torch.randperm(len(ref), generator=gen)[:min(n, len(ref))].numpy()])
+    return real, ref_split, data
 
-    train_imgs = images[split == 0]
-    floor = {}
+
+@torch.no_grad()
+def _d_features(D, images: torch.Tensor, batch: int = 500) -> np.ndarray:
+    return torch.cat([D(images[i: i + batch]).features for i in range(0, len(images), batch)]).numpy()
+
+
+def _probe(params: Params, D, data: dict, gen: torch.Generator) -> dict:
+    """Linear probe: logistic regression on D's features vs raw pixels, fitted on (a capped
+    random subset of) the real training split, scored on the held-out test split."""
+    images, labels, split = data["images"], data["labels"], data["split"]
+    train_idx = np.flatnonzero(split == 0)
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[:params.evaluate.probe_train_n].numpy()]
+    test_idx = np.flatnonzero(split == 1)
+    x_train, x_test = to_float(images[train_idx]), to_float(images[test_idx])
+    y_train, y_test = labels[train_idx], labels[test_idx]
+    return {"d_features": linear_probe(_d_features(D, x_train), y_train, _d_features(D, x_test), y_test),
+            "pixels": linear_probe(x_train.numpy(), y_train, x_test.numpy(), y_test),
+            "train_n": int(len(train_idx)), "eval_n": int(len(test_idx)),
+            "train_split": "train (real)", "eval_split": "test (held-out real)"}
+
+
+def _flat_numbers(prefix: str, value, out: dict) -> None:
+    """{"a": {"b": 1}} -> {"a_b": 1}; numbers only (MLflow metrics)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat_numbers(f"{prefix}_{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        out[prefix] = float(value)
+
+
+def evaluate(params: Params, name: str) -> dict:
+    t_start = time.perf_counter()
+    root, ev = params.root, params.evaluate
+    e = params.experiment(name)
+    G, D, meta = load_model(paths.model_path(root, name))
+    k, classes = meta["num_classes"], meta["classes"]
+    extractor, info = load_extractor(paths.extractor_path(root, e.dataset))
+    gen = torch.Generator().manual_seed(params.seed + 200)
+    real, ref_split, data = reference(params, e.dataset, ev.num_samples, gen)
+    n_real, n_fake = len(real), ev.num_samples
+    z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
+    fake_labels = balanced_labels(n_fake, k)
+    fake = generate(G, z, fake_labels)
+    real_f, fake_f = embed(extractor, real, ev.batch_size), embed(extractor, fake, ev.batch_size)
+    scores = fid_kid_features(real_f, fake_f, ev.kid_subset_size, params.seed)
+    pr = precision_recall(real_f, fake_f, ev.pr_k)
+
+    train_imgs = data["images"][data["split"] == 0]
+    floor, pr_floor = {}, {}
     if ref_split == "test" and len(train_imgs) >= 2:
-        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=gen)[: params.evaluate.num_samples].numpy()])
-        floor = fid_kid(extractor, real, other, params.evaluate.kid_subset_size, params.evaluate.batch_size, params.seed)
+        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=gen)[:ev.num_samples].numpy()])
+        other_f = embed(extractor, other, ev.batch_size)
+        floor = fid_kid_features(real_f, other_f, ev.kid_subset_size, params.seed)
+        pr_floor = precision_recall(real_f, other_f, ev.pr_k)
+
+    labeled = info["kind"] == "classifier"
+    class_accuracy = coverage = probe = None
+    if labeled:
+        if k:  # conditional: does G draw the requested digit? (fake used balanced labels)
+            class_accuracy = {**per_class_accuracy(predict_classes(extractor, fake), fake_labels, classes),
+                              "n_per_class": n_fake // k, "classifier_test_accuracy": info["test_accuracy"]}
+            # mode coverage of unconditional use: labels drawn uniformly at random
+            z_u = sample_noise(n_fake, e.z_dim, e.noise, "cpu", gen)
+            unconditional = generate(G, z_u, torch.randint(k, (n_fake,), generator=gen))
+        else:
+            unconditional = fake
+        coverage = mode_coverage(predict_classes(extractor, unconditional), info["classes"])
+        if D is not None and (data["split"] == 1).sum() >= 2:
+            probe = _probe(params, D, data, gen)
+
+    fid_ranked = None
+    if D is not None:
+        ranked, _ = nice_samples(G, D, n_fake, e.z_dim, e.noise, ev.nice_factor, gen, fake_labels)
+        fid_ranked = fid_kid_features(real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size, params.seed)["fid"]
+
+    inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url)
+    inception_scores = None
+    if inception is not None:  # the first inception_samples of the same real and generated images
+        n_i = min(ev.inception_samples, n_real, n_fake)
+        s = fid_kid(inception, real[:n_i], fake[:n_i], ev.kid_subset_size, 50, params.seed)
+        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
+                            "n_fake": n_i, "n_real": n_i}
 
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"
@@ -70,7 +172,7 @@ def evaluate(params: Params, name: str) -> dict:
         **scores,
         "fid_real_floor": floor.get("fid"),
         "extractor": describe(info),
-        "n_fake": len(fake),
+        "n_fake": n_fake,
         "n_real": n_real,
         "reference_split": f"{e.dataset}:{ref_split} (held-out real images)" if ref_split == "test" else f"{e.dataset}:train",
         "images_per_s": train_info.get("images_per_s"),
@@ -78,13 +180,31 @@ def evaluate(params: Params, name: str) -> dict:
         "epochs": train_info.get("epochs"),
         "variant": e.variant,
         "dataset": e.dataset,
+        **pr,
+        "pr_k": ev.pr_k,
+        "precision_real_floor": pr_floor.get("precision"),
+        "recall_real_floor": pr_floor.get("recall"),
+        "diversity_ssim": mean_pairwise_ssim(fake, ev.ssim_pairs, params.seed),
+        "diversity_ssim_real": mean_pairwise_ssim(real, ev.ssim_pairs, params.seed),
+        "ssim_pairs": ev.ssim_pairs,
+        "class_accuracy": class_accuracy,
+        "mode_coverage": coverage,
+        "linear_probe": probe,
+        "fid_ranked": finite_or_none(fid_ranked),
+        "fid_ranked_factor": ev.nice_factor if fid_ranked is not None else None,
+        "inception": inception_scores,
+        "inception_status": status,
     }
+    metrics["eval_seconds"] = time.perf_counter() - t_start
     write_json(paths.eval_path(root, name), metrics)
     with existing_run(params, paths.state_dir(root, name)) as mlflow:
         if mlflow is not None:
-            mlflow.log_metrics({k: metrics[k] for k in ("fid", "kid", "kid_std") if metrics[k] is not None})
-            if metrics["fid_real_floor"] is not None:
-                mlflow.log_metric("fid_real_floor", metrics["fid_real_floor"])
-            mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": metrics["n_fake"],
-                             "eval.n_real": n_real, "eval.reference_split": metrics["reference_split"]})
+            numbers: dict = {}
+            for key in ("fid", "kid", "kid_std", "fid_real_floor", "precision", "recall", "precision_real_floor",
+                        "recall_real_floor", "diversity_ssim", "diversity_ssim_real", "class_accuracy",
+                        "mode_coverage", "linear_probe", "fid_ranked", "inception", "eval_seconds"):
+                _flat_numbers(key, metrics[key], numbers)
+            mlflow.log_metrics(numbers)
+            mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": n_fake, "eval.n_real": n_real,
+                             "eval.reference_split": metrics["reference_split"], "eval.inception_status": status})
     return metrics

@@ -122,3 +122,17 @@ def load_extractor(path: Path) -> tuple[DomainNet, dict]:
 def describe(info: dict) -> str:
     q = (f"test acc {info['test_accuracy']:.3f}" if "test_accuracy" in info else f"test mse {info['test_mse']:.4f}")
     return f"domain:{info['dataset']} ({info['kind']}, {info['features']}-d, {q})"
+
+
+@torch.no_grad()
+def embed(net: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Features of images in [-1, 1], batch by batch."""
+    return torch.cat([net(images[i: i + batch]) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def predict_classes(net: DomainNet, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Class indices from a classifier extractor (labeled datasets)."""
+    if net.head is None:
+        raise UserError("this extractor is an autoencoder (unlabeled data): it has no classes")
+    return torch.cat([net.head(net.encoder(images[i: i + batch].float())).argmax(1) for i in range(0, len(images), batch)])

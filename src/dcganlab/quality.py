@@ -1,0 +1,88 @@
+"""quality: FID and KID of every saved epoch generator, for quality-vs-epoch and
+quality-vs-wall-clock curves.
+
+Cheap on purpose (`evaluate.curve_samples` images per epoch, domain extractor): the curve
+shows the trend; the final number with full sample counts comes from `evaluate`. Every
+epoch is scored against the same real images with the same latent vectors, so epochs
+differ only in the generator. wall_s is the training wall clock at the end of that epoch
+(from the checkpoint's history). Writes reports/quality/<exp>.csv and logs the curve to
+the experiment's MLflow run as metrics `fid_curve` / `kid_curve` with step = epoch and
+timestamp = run start + wall_s, so MLflow's relative-time axis shows training wall clock.
+"""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import torch
+
+from dcganlab import paths
+from dcganlab.atomic import write_csv
+from dcganlab.config import Params
+from dcganlab.errors import UserError
+from dcganlab.evaluate import fid_kid_features, reference
+from dcganlab.extractor import embed, load_extractor
+from dcganlab.sample import balanced_labels
+from dcganlab.tracking import existing_run
+from dcganlab.train import generate, load_model, sample_noise
+
+EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def quality_path(root, experiment: str):
+    return root / "reports" / "quality" / f"{experiment}.csv"
+
+
+def _wall_clock(state) -> dict[int, float]:
+    """epoch -> training wall seconds at its end, from the checkpoint's history."""
+    ckpt = state / "checkpoint.pt"
+    if not ckpt.is_file():
+        return {}
+    history = torch.load(ckpt, map_location="cpu", weights_only=True)["history"]
+    return {int(row["epoch"]): float(row["wall_s"]) for row in history}
+
+
+def quality(params: Params, name: str) -> pd.DataFrame:
+    root, ev = params.root, params.evaluate
+    e = params.experiment(name)
+    state = paths.state_dir(root, name)
+    files = sorted((int(m.group(1)), p) for p in (state / "generators").glob("epoch_*.pt")
+                   if (m := EPOCH_FILE.match(p.name)))
+    if not files:
+        raise UserError(f"no saved epoch generators in {state / 'generators'} (run `dcganlab train {name}` first)")
+    extractor, _ = load_extractor(paths.extractor_path(root, e.dataset))
+    gen = torch.Generator().manual_seed(params.seed + 400)
+    real, _, _ = reference(params, e.dataset, ev.curve_samples, gen)
+    z = sample_noise(ev.curve_samples, e.z_dim, e.noise, "cpu", gen)  # the same latents for every epoch
+    real_f = embed(extractor, real, ev.batch_size)
+    wall = _wall_clock(state)
+    rows = []
+    for epoch, path in files:
+        G, _, meta = load_model(path)
+        fake = generate(G, z, balanced_labels(len(z), meta["num_classes"]))
+        s = fid_kid_features(real_f, embed(extractor, fake, ev.batch_size), ev.kid_subset_size, params.seed)
+        rows.append({"epoch": epoch, "wall_s": wall.get(epoch, float("nan")), "fid": s["fid"], "kid": s["kid"],
+                     "n_fake": len(fake), "n_real": len(real)})
+    table = pd.DataFrame(rows, columns=["epoch", "wall_s", "fid", "kid", "n_fake", "n_real"])
+    write_csv(quality_path(root, name), table)
+    _log_curve(params, name, table)
+    return table
+
+
+def _log_curve(params: Params, name: str, table: pd.DataFrame) -> None:
+    with existing_run(params, paths.state_dir(params.root, name)) as mlflow:
+        if mlflow is None:
+            return
+        from mlflow.entities import Metric
+
+        run = mlflow.active_run()
+        start_ms = run.info.start_time
+        metrics = []
+        for row in table.itertuples():
+            # no wall clock known: fall back to the run start, the step still orders the points
+            ts = start_ms + int(1000 * row.wall_s) if row.wall_s == row.wall_s else start_ms
+            metrics += [Metric("fid_curve", float(row.fid), ts, int(row.epoch)),
+                        Metric("kid_curve", float(row.kid), ts, int(row.epoch))]
+        client = mlflow.MlflowClient()
+        for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            client.log_batch(run.info.run_id, metrics=metrics[i: i + 1000])
