@@ -178,11 +178,6 @@ class Interrupted(UserError):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
-    @classmethod
-    def at(cls, name: str, signum: int, saved: str, path: Path) -> "Interrupted":
-        return cls(f"{name}: stopped by {signal.Signals(signum).name}; checkpoint ({saved}) in {path}; "
-                   f"rerun to resume", signum)
-
 
 class Diverged(UserError):
     """A non-finite loss or weight: training stops; the last good checkpoint is kept."""
@@ -207,9 +202,13 @@ class GracefulStop:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
 
 class Monitor:
@@ -271,7 +270,7 @@ def _resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, 
     """The checkpoint's state when it belongs to this run (same params and data), else a fresh one."""
     if not path.is_file():
         return LoopState()
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
     st = LoopState(ckpt["epoch"], ckpt.get("step", 0), ckpt["history"], resumed=True)
     if ckpt.get("fingerprint") != fp or st.epoch + (st.step > 0) > e.epochs:
         print(f"{name}: params or data changed since the last checkpoint; starting afresh")
@@ -294,6 +293,12 @@ def _finished_path(state: Path) -> Path:
     return state / "finished.json"  # written once the run's model and summary are logged
 
 
+def _logged_already(state: Path, epochs: int) -> bool:
+    """True when a run of exactly `epochs` epochs finished logging (not one that `epochs` was raised from)."""
+    path = _finished_path(state)
+    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+
+
 def _epoch_metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("epoch", "images")}
 
@@ -309,6 +314,14 @@ def _backfill(mlflow, history: list) -> None:
 
 # ---------------------------------------------------------------- the loop
 def train(params: Params, name: str, progress: bool = True) -> dict:
+    """Train experiment `name` (resuming from its checkpoint when there is one); returns the summary.
+    While it runs, SIGTERM and Ctrl-C only set a flag: the loop checkpoints at its next step and
+    raises Interrupted."""
+    with GracefulStop() as stop:
+        return _train(params, name, progress, stop)
+
+
+def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dict:
     e = params.experiment(name)
     ds = params.dataset(e.dataset)
     variant = VARIANTS[e.variant]
@@ -353,7 +366,7 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     fp = fingerprint(params, name, data_dir)
     st = _resume(ckpt_path, fp, e, name, steps, device, G, D, opt_g, opt_d, order, monitor)
     outputs = (params, name, G, D, e, channels, size, num_classes, data, fp, device)
-    if st.epoch == e.epochs and _finished_path(state).is_file():
+    if st.epoch == e.epochs and _logged_already(state, e.epochs):
         # a rerun after a complete training (DVC saw a code change...): rewrite the outputs only;
         # the model and metrics are in MLflow already and are not logged twice
         print(f"{name}: already trained for {e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
@@ -361,13 +374,13 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     connect(params)  # an unreachable tracking server stops us here, before any state is touched
     if not st.resumed and state.exists():
         shutil.rmtree(state)
-    for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (atomic writes never finished)
+    for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
         stale.unlink(missing_ok=True)
     state.mkdir(parents=True, exist_ok=True)
 
     t = params.train
     every = t.checkpoint_every_steps
-    saved = st.where(steps) if st.resumed else None  # the last good checkpoint, for messages
+    saved = (st.epoch, st.step) if st.resumed else None  # the last good checkpoint
 
     def check() -> float:
         """Stop on a non-finite loss or weight (nothing is written); else the epoch's longest collapse streak."""
@@ -380,13 +393,23 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
                     f"loss_d={loss_d}, loss_g={loss_g})")
         else:
             what = f"non-finite weights by {st.where(steps)}"
-        kept = f"last good checkpoint ({saved}) kept in {ckpt_path}" if saved else "no checkpoint written yet"
+        kept = f"last good checkpoint ({LoopState(*saved).where(steps)}) kept in {ckpt_path}" if saved else \
+            "no checkpoint written yet"
         raise Diverged(f"{name}: {what}; training stopped, {kept}")
 
     def save() -> None:
         nonlocal saved
         save_torch(ckpt_path, _checkpoint_blob(st, G, D, opt_g, opt_d, order, monitor, fp, device))
-        saved = st.where(steps)
+        saved = (st.epoch, st.step)
+
+    def halt() -> None:
+        """SIGTERM / Ctrl-C: checkpoint where we are (if not there already), then stop."""
+        if saved != (st.epoch, st.step) and (st.epoch, st.step) != (0, 0):
+            check()
+            save()
+        where = f"checkpoint ({LoopState(*saved).where(steps)}) in {ckpt_path}" if saved else "no checkpoint yet"
+        raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; {where}; rerun to resume",
+                          stop.signum)
 
     with training_run(params, name, e.dataset, e.variant, state) as mlflow:
         if st.resumed:
@@ -398,73 +421,68 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
                       "seed": params.seed, "device": str(device), "train_images": n,
                       "image_size": size, "channels": channels}
             mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
-        try:
-            with GracefulStop() as stop:
-                for epoch in range(st.epoch + 1, e.epochs + 1):
-                    for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
-                        for group in opt.param_groups:
-                            group["lr"] = lr * e.lr_decay ** (epoch - 1)
-                    if st.step == 0:  # a new epoch (else: resuming inside it)
-                        st.perm = torch.randperm(n, generator=order).to(device)
-                        st.sums = torch.zeros(4, device=device)  # synced at checkpoints and epoch ends only
-                        st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
-                    t0 = time.perf_counter()
-                    for i in tqdm(range(st.step, steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False,
-                                  disable=None if progress else True):
-                        idx = st.perm[i * batch: (i + 1) * batch]
-                        real = images[idx].float().div_(127.5).sub_(1.0)
-                        out = train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
-                        st.sums += out
-                        global_step = (epoch - 1) * steps + i + 1
-                        monitor.update(out, global_step)
-                        st.step = i + 1
-                        if st.step < steps and (stop.signum or (every and global_step % every == 0)):
-                            st.epoch_s += time.perf_counter() - t0
-                            t0 = time.perf_counter()
-                            check()
-                            save()
-                            if stop.signum:
-                                raise Interrupted.at(name, stop.signum, saved, ckpt_path)
+        for epoch in range(st.epoch + 1, e.epochs + 1):
+            for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
+                for group in opt.param_groups:
+                    group["lr"] = lr * e.lr_decay ** (epoch - 1)
+            if st.step == 0:  # a new epoch (else: resuming inside it)
+                st.perm = torch.randperm(n, generator=order).to(device)
+                st.sums = torch.zeros(4, device=device)  # synced at checkpoints and epoch ends only
+                st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
+            t0 = time.perf_counter()
+            for i in tqdm(range(st.step, steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False,
+                          disable=None if progress else True):
+                if stop.signum:
                     st.epoch_s += time.perf_counter() - t0
-                    t1 = time.perf_counter()
-
-                    longest = check()
-                    collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
-                    loss_d_m, loss_g_m, d_x, d_gz = (st.sums / steps).tolist()
-                    grid = to_grid(generate(G, fixed_z, fixed_labels))
-                    save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
-                    save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
-                               _model_blob(G, None, e, channels, size, num_classes, data, fp))
-                    wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
-                    row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
-                           "images_per_s": steps * batch / st.epoch_s, "images": steps * batch,
-                           "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
-                    st.history.append(row)
-                    st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
+                    halt()
+                idx = st.perm[i * batch: (i + 1) * batch]
+                real = images[idx].float().div_(127.5).sub_(1.0)
+                out = train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
+                st.sums += out
+                global_step = (epoch - 1) * steps + i + 1
+                monitor.update(out, global_step)
+                st.step = i + 1
+                if every and global_step % every == 0 and st.step < steps:  # (epoch ends checkpoint below)
+                    st.epoch_s += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    check()
                     save()
-                    mlflow.log_metrics(_epoch_metrics(row), step=epoch)
-                    mlflow.log_image(grid, key="samples", step=epoch)
-                    print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
-                          f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
-                    if collapsed:
-                        mlflow.set_tag("d_collapse", "true")
-                        print(f"{name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
-                              f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
-                              f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
-                    if stop.signum:  # a signal during the epoch's last step or its end: the checkpoint is written
-                        raise Interrupted.at(name, stop.signum, saved, ckpt_path)
-        except Diverged as err:
-            mlflow.set_tag("failure", str(err))
-            raise
+            st.epoch_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
 
+            longest = check()
+            collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
+            loss_d_m, loss_g_m, d_x, d_gz = (st.sums / steps).tolist()
+            grid = to_grid(generate(G, fixed_z, fixed_labels))
+            save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
+            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
+                       _model_blob(G, None, e, channels, size, num_classes, data, fp))
+            wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
+            row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
+                   "images_per_s": steps * batch / st.epoch_s, "images": steps * batch,
+                   "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
+            st.history.append(row)
+            st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
+            save()
+            mlflow.log_metrics(_epoch_metrics(row), step=epoch)
+            mlflow.log_image(grid, key="samples", step=epoch)
+            print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
+                  f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
+            if collapsed:
+                mlflow.set_tag("d_collapse", "true")
+                print(f"{name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
+                      f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
+                      f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
+        if stop.signum:  # came during the last epoch's end: its checkpoint is written
+            halt()
+
+        stop.restore()  # finishing (outputs, model logging): signals act as usual again
         summary = _write_outputs(*outputs, st.history)
         mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
         if t.log_model:
             _log_generator(mlflow, G, e, channels, size, num_classes)
         write_json(_finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
     return summary
-
-
 
 
 def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
