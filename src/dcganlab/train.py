@@ -252,7 +252,9 @@ class LoopState:
     resumed: bool = False
 
     def where(self, steps: int) -> str:
-        return f"epoch {self.epoch + 1}, step {self.step}/{steps}" if self.step else f"end of epoch {self.epoch}"
+        if self.step:
+            return f"epoch {self.epoch + 1}, step {self.step}/{steps}"
+        return f"end of epoch {self.epoch}" if self.epoch else "the start"
 
 
 def _checkpoint_blob(st: LoopState, G, D, opt_g, opt_d, order, monitor: Monitor, fp: str, device) -> dict:
@@ -380,7 +382,7 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
 
     t = params.train
     every = t.checkpoint_every_steps
-    saved = (st.epoch, st.step) if st.resumed else None  # the last good checkpoint
+    saved = (st.epoch, st.step)  # the position of the last good checkpoint
 
     def check() -> float:
         """Stop on a non-finite loss or weight (nothing is written); else the epoch's longest collapse streak."""
@@ -393,9 +395,8 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
                     f"loss_d={loss_d}, loss_g={loss_g})")
         else:
             what = f"non-finite weights by {st.where(steps)}"
-        kept = f"last good checkpoint ({LoopState(*saved).where(steps)}) kept in {ckpt_path}" if saved else \
-            "no checkpoint written yet"
-        raise Diverged(f"{name}: {what}; training stopped, {kept}")
+        raise Diverged(f"{name}: {what}; training stopped, last good checkpoint ({LoopState(*saved).where(steps)}) "
+                       f"kept in {ckpt_path}")
 
     def save() -> None:
         nonlocal saved
@@ -404,12 +405,11 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
 
     def halt() -> None:
         """SIGTERM / Ctrl-C: checkpoint where we are (if not there already), then stop."""
-        if saved != (st.epoch, st.step) and (st.epoch, st.step) != (0, 0):
+        if saved != (st.epoch, st.step):
             check()
             save()
-        where = f"checkpoint ({LoopState(*saved).where(steps)}) in {ckpt_path}" if saved else "no checkpoint yet"
-        raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; {where}; rerun to resume",
-                          stop.signum)
+        raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; checkpoint "
+                          f"({LoopState(*saved).where(steps)}) in {ckpt_path}; rerun to resume", stop.signum)
 
     with training_run(params, name, e.dataset, e.variant, state) as mlflow:
         if st.resumed:
@@ -421,6 +421,7 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
                       "seed": params.seed, "device": str(device), "train_images": n,
                       "image_size": size, "channels": channels}
             mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
+            save()  # checkpoint "at the start": from now on every rerun reopens this MLflow run
         for epoch in range(st.epoch + 1, e.epochs + 1):
             for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
                 for group in opt.param_groups:
