@@ -155,6 +155,18 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)
         return step(*args, **kwargs)
 
+    def connect_then_sigterm(params):  # a signal while starting up, before the first step
+        os.kill(os.getpid(), signal.SIGTERM)
+        return connect(params)
+
+    connect = t.connect
+    monkeypatch.setattr(t, "connect", connect_then_sigterm)
+    with pytest.raises(t.Interrupted) as err:
+        t.train(broken, "tiny", progress=False)
+    assert "checkpoint (the start)" in str(err.value) and _position(broken.root) == (0, 0)
+    run_id = _run_id(broken.root)
+    monkeypatch.setattr(t, "connect", connect)
+
     monkeypatch.setattr(t, "train_step", sigterm_at_9)
     with pytest.raises(t.Interrupted) as err:
         t.train(broken, "tiny", progress=False)
@@ -163,6 +175,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     monkeypatch.setattr(t, "train_step", step)
     t.train(broken, "tiny", progress=False)
+    runs = _client(broken.root).search_runs([_client(broken.root).get_run(run_id).info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
     a, b = (torch.load(paths.model_path(p.root, "tiny"), weights_only=True) for p in (straight, broken))
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     la, lb = (pd.read_csv(paths.report_dir(p.root, "tiny") / "losses.csv").drop(columns=TIMING) for p in (straight, broken))
