@@ -116,9 +116,12 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
         # Ctrl-C / SIGTERM (train.Interrupted): KILLED, and a rerun reopens this same run;
         # anything else (a non-finite loss, a bug): FAILED
         killed = isinstance(exc, KeyboardInterrupt) or getattr(exc, "interrupted", False)
-        if not killed:  # why it failed, on the run itself (e.g. the step of a non-finite loss)
-            mlflow.set_tag("failure", redact_uri(f"{type(exc).__name__}: {exc}")[:1000])
-        mlflow.end_run(status="KILLED" if killed else "FAILED")
+        try:
+            if not killed:  # why it failed, on the run itself (e.g. the step of a non-finite loss)
+                mlflow.set_tag("failure", redact_uri(f"{type(exc).__name__}: {exc}")[:1000])
+            mlflow.end_run(status="KILLED" if killed else "FAILED")
+        except Exception:
+            pass  # the tracking store may be what failed: report the original error, not this one
         raise
     else:
         mlflow.end_run(status="FINISHED")
