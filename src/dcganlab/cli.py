@@ -25,7 +25,8 @@ def _run(work: Callable[[], object]) -> None:
     try:
         work()
     except UserError as err:
-        typer.echo(f"error: {err}", err=True)
+        # a training run stopped by SIGTERM / Ctrl-C (it checkpointed) is not an error: no "error:"
+        typer.echo(str(err) if getattr(err, "interrupted", False) else f"error: {err}", err=True)
         raise typer.Exit(err.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -74,6 +74,10 @@ class TrainParams:
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     grid_size: int = 64          # fixed-noise samples in each epoch's grid
     log_model: bool = True       # log the final generator as an MLflow model
+    checkpoint_every_steps: int = 0  # also checkpoint every N (global) steps, for mid-epoch resume (0 = epoch ends only)
+    collapse_real: float = 0.99  # discriminator collapse: D(x) above this ...
+    collapse_fake: float = 0.01  # ... and D(G(z)) below this ...
+    collapse_steps: int = 100    # ... for this many consecutive steps is flagged (0 = never)
 
 
 @dataclass
@@ -261,6 +265,10 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.extractor.batch_size >= 2, "extractor.batch_size: must be >= 2")
     need(p.extractor.features >= 1, "extractor.features: must be >= 1")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
+    need(p.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0")
+    need(0.0 <= p.train.collapse_real <= 1.0 and 0.0 <= p.train.collapse_fake <= 1.0,
+         "train.collapse_real/collapse_fake: must be in [0, 1]")
+    need(p.train.collapse_steps >= 0, "train.collapse_steps: must be >= 0")
     need(p.sample.num >= 1, "sample.num: must be >= 1")
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
     need(p.sample.arithmetic_rows >= 1, "sample.arithmetic_rows: must be >= 1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,16 @@ def tracking_uri(params: Params) -> str:
     return f"sqlite:///{(params.root / 'mlflow.db').resolve().as_posix()}"
 
 
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:token|password|passwd|secret|key|auth|signature)[^=&#]*=)[^&#]*", re.I)
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the credentials of any URI in it masked: user:password@ and secret query values
+    (token=, password=, ...). For everything printed or logged that may hold a tracking URI."""
+    text = re.sub(r"(\w[\w+.-]*://)[^/@\s]*@", r"\1***@", text)
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
 def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -48,6 +59,8 @@ def connect(params: Params):
     import mlflow
 
     uri = tracking_uri(params)
+    if redact_uri(uri) != uri:  # MLflow prints "View run ... at: <uri>" for servers: not with credentials in it
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -55,7 +68,8 @@ def connect(params: Params):
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:
-            raise UserError(f"MLflow tracking server {uri.split('@')[-1]} is not reachable ({type(exc).__name__})") from None
+            raise UserError(f"MLflow tracking server {redact_uri(uri)} is not reachable ({type(exc).__name__}); "
+                            f"start it or set tracking.uri") from None
     return mlflow
 
 
@@ -98,11 +112,16 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
         write_json(run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     try:
         yield mlflow
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as exc:
+        # Ctrl-C / SIGTERM (train.Interrupted): KILLED, and a rerun reopens this same run;
+        # anything else (a non-finite loss, a bug): FAILED
+        killed = isinstance(exc, KeyboardInterrupt) or getattr(exc, "interrupted", False)
+        try:
+            if not killed:  # why it failed, on the run itself (e.g. the step of a non-finite loss)
+                mlflow.set_tag("failure", redact_uri(f"{type(exc).__name__}: {exc}")[:1000])
+            mlflow.end_run(status="KILLED" if killed else "FAILED")
+        except Exception:
+            pass  # the tracking store may be what failed: report the original error, not this one
         raise
     else:
         mlflow.end_run(status="FINISHED")

@@ -3,18 +3,22 @@
 Reads the pre-decoded uint8 array (no image decoding while training), keeps it on the
 training device, and runs the GAN update of the experiment's variant. Every epoch: a
 fixed-noise grid, losses and D(x)/D(G(z)), the epoch's generator, and a full checkpoint
-(both networks, both optimizers, epoch, RNG states, history) written atomically.
-Rerunning after an interruption resumes from the last complete epoch when the
-checkpoint's fingerprint (params + data) matches; otherwise training starts afresh.
+(both networks, both optimizers, position, RNG states, history) written atomically; also
+every `train.checkpoint_every_steps` steps and on SIGTERM / Ctrl-C (then it stops).
+Rerunning after an interruption (even SIGKILL) resumes from the last checkpoint, mid-epoch
+included, when its fingerprint (params + data) matches; otherwise training starts afresh.
+A non-finite loss stops the run without overwriting the last good checkpoint.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
+import signal
+import sys
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,7 @@ from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import Params, as_dict
 from dcganlab.errors import UserError
 from dcganlab.models import DOut
-from dcganlab.tracking import training_run
+from dcganlab.tracking import connect, redact_uri, training_run
 from dcganlab.variants import VARIANTS
 
 
@@ -164,8 +168,162 @@ def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor |
                         torch.sigmoid(fake_out.logit.detach()).mean()])
 
 
+# ---------------------------------------------------------------- stops, health checks, checkpoints
+class Interrupted(UserError):
+    """SIGTERM or Ctrl-C: the loop finished its step, wrote a checkpoint and stopped."""
+
+    interrupted = True  # cli.py prints it without "error:"; tracking ends the MLflow run as KILLED
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class Diverged(UserError):
+    """A non-finite loss or weight: training stops; the last good checkpoint is kept."""
+
+
+class GracefulStop:
+    """While active, SIGTERM and SIGINT only set `signum`; the loop looks at it after every step.
+    A second Ctrl-C interrupts at once (KeyboardInterrupt), as most training frameworks do."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class Monitor:
+    """Health checks kept on the device, so the loop never waits for the GPU per step: the first
+    step with a non-finite loss, and streaks of steps where D wins outright (D(x) > collapse_real
+    and D(G(z)) < collapse_fake: a collapsed discriminator gives G almost no gradient).
+    `read` syncs once, at checkpoints and epoch ends only."""
+
+    def __init__(self, device: torch.device, t):
+        self.real_above, self.fake_below = t.collapse_real, t.collapse_fake
+        self.first_bad = torch.full((3,), -1.0, device=device)  # global step, loss_d, loss_g
+        self.streak = torch.zeros((), device=device)   # consecutive collapsed steps, across epochs
+        self.longest = torch.zeros((), device=device)  # the running epoch's longest streak
+
+    def update(self, out: torch.Tensor, global_step: int) -> None:
+        new = ~torch.isfinite(out[:2]).all() & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(new, torch.cat([torch.full_like(out[:1], global_step), out[:2]]), self.first_bad)
+        hit = (out[2] > self.real_above) & (out[3] < self.fake_below)
+        self.streak = (self.streak + 1) * hit
+        self.longest = torch.maximum(self.longest, self.streak)
+
+    def read(self, nets) -> tuple[list[float], bool, float]:
+        """(first bad [step, loss_d, loss_g], all weights finite, longest streak this epoch)."""
+        finite = torch.stack([torch.isfinite(p).all() for net in nets for p in net.parameters()]).all()
+        values = torch.cat([self.first_bad, finite.float()[None], self.longest[None]]).tolist()
+        return values[:3], values[3] == 1.0, values[4]
+
+
+@dataclass
+class LoopState:
+    """Where training stands: `epoch` epochs done and `step` steps of the next one (0 = at an
+    epoch boundary). Mid-epoch, that epoch's image order, running loss sums and seconds so far
+    travel with it, so a resumed epoch ends exactly as an uninterrupted one."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    perm: torch.Tensor | None = None
+    sums: torch.Tensor | None = None   # loss_d, loss_g, D(x), D(G(z)) summed over the done steps
+    epoch_s: float = 0.0
+    resumed: bool = False
+
+    def where(self, steps: int) -> str:
+        if self.step:
+            return f"epoch {self.epoch + 1}, step {self.step}/{steps}"
+        return f"end of epoch {self.epoch}" if self.epoch else "the start"
+
+
+def _checkpoint_blob(st: LoopState, G, D, opt_g, opt_d, order, monitor: Monitor, fp: str, device) -> dict:
+    ckpt = {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "epoch": st.epoch, "step": st.step, "history": st.history, "fingerprint": fp,
+            "rng_cpu": torch.get_rng_state(), "rng_order": order.get_state(), "collapse_streak": monitor.streak.cpu()}
+    if st.step:
+        ckpt.update(perm=st.perm.cpu(), sums=st.sums.cpu(), collapse_longest=monitor.longest.cpu(), epoch_s=st.epoch_s)
+    if device.type == "cuda":
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return ckpt
+
+
+def _resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, opt_d, order, monitor) -> LoopState:
+    """The checkpoint's state when it belongs to this run (same params and data), else a fresh one."""
+    if not path.is_file():
+        return LoopState()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
+    st = LoopState(ckpt["epoch"], ckpt.get("step", 0), ckpt["history"], resumed=True)
+    if ckpt.get("fingerprint") != fp or st.epoch + (st.step > 0) > e.epochs:
+        print(f"{name}: params or data changed since the last checkpoint; starting afresh")
+        return LoopState()
+    G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"])
+    opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"])
+    torch.set_rng_state(ckpt["rng_cpu"]); order.set_state(ckpt["rng_order"])
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    monitor.streak = ckpt.get("collapse_streak", monitor.streak).to(device)
+    if st.step:
+        st.perm, st.sums, st.epoch_s = ckpt["perm"].to(device), ckpt["sums"].to(device), ckpt["epoch_s"]
+        monitor.longest = ckpt["collapse_longest"].to(device)
+    if st.epoch < e.epochs:
+        print(f"{name}: resuming at {st.where(steps)} of {e.epochs} epochs")
+    return st
+
+
+def _finished_path(state: Path) -> Path:
+    return state / "finished.json"  # written once the run's model and summary are logged
+
+
+def _logged_already(state: Path, epochs: int) -> bool:
+    """True when a run of exactly `epochs` epochs finished logging (not one that `epochs` was raised from)."""
+    path = _finished_path(state)
+    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+
+
+def _epoch_metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("epoch", "images")}
+
+
+def _backfill(mlflow, history: list) -> None:
+    """Epochs a killed process checkpointed but never sent to MLflow (killed in between): send them once."""
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss_d")}
+    for row in history:
+        if row["epoch"] not in logged:
+            mlflow.log_metrics(_epoch_metrics(row), step=row["epoch"])
+
+
 # ---------------------------------------------------------------- the loop
 def train(params: Params, name: str, progress: bool = True) -> dict:
+    """Train experiment `name` (resuming from its checkpoint when there is one); returns the summary.
+    While it runs, SIGTERM and Ctrl-C only set a flag: the loop checkpoints at its next step and
+    raises Interrupted."""
+    with GracefulStop() as stop:
+        return _train(params, name, progress, stop)
+
+
+def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dict:
     e = params.experiment(name)
     ds = params.dataset(e.dataset)
     variant = VARIANTS[e.variant]
@@ -203,70 +361,128 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     fixed_z = sample_noise(params.train.grid_size, e.z_dim, e.noise, device, grid_gen)
     fixed_labels = (torch.arange(params.train.grid_size, device=device) % num_classes) if num_classes else None
     order = torch.Generator().manual_seed(seed)
+    monitor = Monitor(device, params.train)
 
     state = paths.state_dir(root, name)
     ckpt_path = state / "checkpoint.pt"
     fp = fingerprint(params, name, data_dir)
-    start, history = 1, []
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt.get("fingerprint") == fp and ckpt["epoch"] <= e.epochs:
-            G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"])
-            opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"])
-            torch.set_rng_state(ckpt["rng_cpu"]); order.set_state(ckpt["rng_order"])
-            if device.type == "cuda" and "rng_cuda" in ckpt:
-                torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-            start, history = ckpt["epoch"] + 1, ckpt["history"]
-            print(f"{name}: resuming after epoch {ckpt['epoch']} of {e.epochs}")
-        else:
-            print(f"{name}: params or data changed since the last checkpoint; starting afresh")
-    if start == 1 and state.exists():
+    st = _resume(ckpt_path, fp, e, name, steps, device, G, D, opt_g, opt_d, order, monitor)
+    outputs = (params, name, G, D, e, channels, size, num_classes, data, fp, device)
+    if st.epoch == e.epochs and _logged_already(state, e.epochs):
+        # a rerun after a complete training (DVC saw a code change...): rewrite the outputs only;
+        # the model and metrics are in MLflow already and are not logged twice
+        print(f"{name}: already trained for {e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
+        return _write_outputs(*outputs, st.history)
+    connect(params)  # an unreachable tracking server stops us here, before any state is touched
+    if not st.resumed and state.exists():
         shutil.rmtree(state)
+    for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
+        stale.unlink(missing_ok=True)
     state.mkdir(parents=True, exist_ok=True)
 
-    with training_run(params, name, e.dataset, e.variant, state) as mlflow:
-        if start > 1:
-            mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
+    t = params.train
+    every = t.checkpoint_every_steps
+    saved = (st.epoch, st.step)  # the position of the last good checkpoint
+
+    def check() -> float:
+        """Stop on a non-finite loss or weight (nothing is written); else the epoch's longest collapse streak."""
+        (bad_step, loss_d, loss_g), weights_ok, longest = monitor.read((G, D))
+        if bad_step < 0 and weights_ok:
+            return longest
+        if bad_step >= 0:
+            ep, i = divmod(int(bad_step) - 1, steps)
+            what = (f"non-finite loss at epoch {ep + 1}, step {i + 1}/{steps} (global step {int(bad_step)}: "
+                    f"loss_d={loss_d}, loss_g={loss_g})")
         else:
-            mlflow.log_params({**{f"experiment.{k}": v for k, v in as_dict(e).items()},
-                               **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
-                               "seed": params.seed, "device": str(device), "train_images": n,
-                               "image_size": size, "channels": channels})
-        for epoch in range(start, e.epochs + 1):
-            t0 = time.perf_counter()
+            what = f"non-finite weights by {st.where(steps)}"
+        raise Diverged(f"{name}: {what}; training stopped, last good checkpoint ({LoopState(*saved).where(steps)}) "
+                       f"kept in {ckpt_path}")
+
+    def save() -> None:
+        nonlocal saved
+        save_torch(ckpt_path, _checkpoint_blob(st, G, D, opt_g, opt_d, order, monitor, fp, device))
+        saved = (st.epoch, st.step)
+
+    def halt() -> None:
+        """SIGTERM / Ctrl-C: checkpoint where we are (if not there already), then stop."""
+        if saved != (st.epoch, st.step):
+            check()
+            save()
+        raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; checkpoint "
+                          f"({LoopState(*saved).where(steps)}) in {ckpt_path}; rerun to resume", stop.signum)
+
+    with training_run(params, name, e.dataset, e.variant, state) as mlflow:
+        if st.resumed:
+            mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
+            _backfill(mlflow, st.history)
+        else:
+            logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
+                      **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
+                      "seed": params.seed, "device": str(device), "train_images": n,
+                      "image_size": size, "channels": channels}
+            mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
+            save()  # checkpoint "at the start": from now on every rerun reopens this MLflow run
+        for epoch in range(st.epoch + 1, e.epochs + 1):
             for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
                 for group in opt.param_groups:
                     group["lr"] = lr * e.lr_decay ** (epoch - 1)
-            perm = torch.randperm(n, generator=order).to(device)
-            sums = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)): synced once per epoch
-            for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False, disable=None if progress else True):
-                idx = perm[i * batch: (i + 1) * batch]
+            if st.step == 0:  # a new epoch (else: resuming inside it)
+                st.perm = torch.randperm(n, generator=order).to(device)
+                st.sums = torch.zeros(4, device=device)  # synced at checkpoints and epoch ends only
+                st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
+            t0 = time.perf_counter()
+            for i in tqdm(range(st.step, steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False,
+                          disable=None if progress else True):
+                if stop.signum:
+                    st.epoch_s += time.perf_counter() - t0
+                    halt()
+                idx = st.perm[i * batch: (i + 1) * batch]
                 real = images[idx].float().div_(127.5).sub_(1.0)
-                sums += train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
-            train_s = time.perf_counter() - t0
-            loss_d_m, loss_g_m, d_x, d_gz = (sums / steps).tolist()
-            if not all(math.isfinite(v) for v in (loss_d_m, loss_g_m)):
-                raise UserError(f"{name}: non-finite loss in epoch {epoch} (loss_d={loss_d_m}, loss_g={loss_g_m}); "
-                                f"last good checkpoint kept at {ckpt_path}")
+                out = train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
+                st.sums += out
+                global_step = (epoch - 1) * steps + i + 1
+                monitor.update(out, global_step)
+                st.step = i + 1
+                if every and global_step % every == 0 and st.step < steps:  # (epoch ends checkpoint below)
+                    st.epoch_s += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    check()
+                    save()
+            st.epoch_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+
+            longest = check()
+            collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
+            loss_d_m, loss_g_m, d_x, d_gz = (st.sums / steps).tolist()
             grid = to_grid(generate(G, fixed_z, fixed_labels))
             save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
-            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt", _model_blob(G, None, e, channels, size, num_classes, data, fp))
-            wall = (history[-1]["wall_s"] if history else 0.0) + (time.perf_counter() - t0)
+            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
+                       _model_blob(G, None, e, channels, size, num_classes, data, fp))
+            wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
             row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
-                   "images_per_s": steps * batch / train_s, "images": steps * batch, "train_s": train_s, "wall_s": wall}
-            history.append(row)
-            ckpt = {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                    "epoch": epoch, "history": history, "fingerprint": fp,
-                    "rng_cpu": torch.get_rng_state(), "rng_order": order.get_state()}
-            if device.type == "cuda":
-                ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
-            save_torch(ckpt_path, ckpt)
-            mlflow.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "images")}, step=epoch)
+                   "images_per_s": steps * batch / st.epoch_s, "images": steps * batch,
+                   "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
+            st.history.append(row)
+            st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
+            save()
+            mlflow.log_metrics(_epoch_metrics(row), step=epoch)
             mlflow.log_image(grid, key="samples", step=epoch)
             print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
                   f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
+            if collapsed:
+                mlflow.set_tag("d_collapse", "true")
+                print(f"{name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
+                      f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
+                      f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
+        if stop.signum:  # came during the last epoch's end: its checkpoint is written
+            halt()
 
-        summary = _finish(params, name, G, D, e, channels, size, num_classes, data, fp, history, device, mlflow)
+        stop.restore()  # finishing (outputs, model logging): signals act as usual again
+        summary = _write_outputs(*outputs, st.history)
+        mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
+        if t.log_model:
+            _log_generator(mlflow, G, e, channels, size, num_classes)
+        write_json(_finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
     return summary
 
 
@@ -297,7 +513,8 @@ def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int) -> 
                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
-def _finish(params, name, G, D, e, channels, size, num_classes, data, fp, history, device, mlflow) -> dict:
+def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp, device, history) -> dict:
+    """model.pt (both networks), losses.csv and train.json, from the networks and the epoch history."""
     root = params.root
     save_torch(paths.model_path(root, name), _model_blob(G, D, e, channels, size, num_classes, data, fp))
     report = paths.report_dir(root, name)
@@ -312,7 +529,4 @@ def _finish(params, name, G, D, e, channels, size, num_classes, data, fp, histor
         "final_loss_g": history[-1]["loss_g"],
     }
     write_json(report / "train.json", summary)
-    mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
-    if params.train.log_model:
-        _log_generator(mlflow, G, e, channels, size, num_classes)
     return summary
