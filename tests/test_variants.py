@@ -184,6 +184,12 @@ def test_cgan_trains_through_the_loop_and_draws_the_requested_digit(prepared, tm
     write_params(prepared.root, raw)
     params = load_params(prepared.root / "params.yaml")
     train(params, "tiny", progress=False)
+    from dcganlab import paths
+    from dcganlab.extractor import train_extractor
+    from dcganlab.train import load_processed
+
+    data = load_processed(paths.processed_dir(params.root, "digits"))  # the sample stage's arithmetic needs it
+    train_extractor(data, params.extractor, params.seed, paths.extractor_path(params.root, "digits"), "digits")
     files = sample(params, "tiny")
     assert {"grid", "interpolation", "nice", "classes"} <= set(files)
     from PIL import Image

@@ -150,6 +150,8 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
         p = _params(params)
         for name in _names(experiment, p.experiments, "experiment"):
             s = train_stage(p, name)
+            if not s:  # a torchrun process other than rank 0: rank 0 reports
+                continue
             typer.echo(f"train {name}: {s['epochs']} epochs, {s['images_per_s']:.0f} img/s, {s['train_wall_s']:.0f} s")
     _run(work)
 

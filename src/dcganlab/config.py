@@ -78,6 +78,9 @@ class TrainParams:
     collapse_real: float = 0.99  # discriminator collapse: D(x) above this ...
     collapse_fake: float = 0.01  # ... and D(G(z)) below this ...
     collapse_steps: int = 100    # ... for this many consecutive steps is flagged (0 = never)
+    amp: str = "auto"            # mixed precision: auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16 (+ GradScaler)
+    channels_last: str = "auto"  # memory format: auto (on for CUDA) | on | off
+    compile: bool = False        # torch.compile the networks for the training step
 
 
 @dataclass
@@ -269,6 +272,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(0.0 <= p.train.collapse_real <= 1.0 and 0.0 <= p.train.collapse_fake <= 1.0,
          "train.collapse_real/collapse_fake: must be in [0, 1]")
     need(p.train.collapse_steps >= 0, "train.collapse_steps: must be >= 0")
+    need(p.train.amp in ("auto", "off", "bf16", "fp16"), "train.amp: must be auto, off, bf16 or fp16")
+    need(p.train.channels_last in ("auto", "on", "off"), "train.channels_last: must be auto, on or off")
     need(p.sample.num >= 1, "sample.num: must be >= 1")
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
     need(p.sample.arithmetic_rows >= 1, "sample.arithmetic_rows: must be >= 1")

@@ -11,14 +11,14 @@ A non-finite loss stops the run without overwriting the last good checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,15 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from dcganlab import paths
+from dcganlab import distributed
+from dcganlab.accel import PLAIN, Accel, resolve
 from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import Params, as_dict
 from dcganlab.errors import UserError
 from dcganlab.models import DOut
 from dcganlab.tracking import connect, redact_uri, training_run
+from dcganlab.resilience import (Diverged, GracefulStop, Interrupted, LoopState, Monitor, backfill,  # noqa: F401
+                                 checkpoint_blob, epoch_metrics, finished_path, logged_already, resume)
 from dcganlab.variants import VARIANTS
 
 
@@ -56,9 +60,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def sample_noise(n: int, z_dim: int, kind: str, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents: drawn on `device` from its default RNG (no host-to-device copy per training step),
+    or on the CPU from `generator` (fixed grids and evaluation samples, identical on every device)."""
+    where = {"generator": generator} if generator is not None else {"device": device}
     if kind == "uniform":
-        return torch.rand(n, z_dim, generator=generator).mul_(2).sub_(1).to(device)
-    return torch.randn(n, z_dim, generator=generator).to(device)
+        return torch.rand(n, z_dim, **where).mul_(2).sub_(1).to(device)
+    return torch.randn(n, z_dim, **where).to(device)
 
 
 @torch.no_grad()
@@ -77,10 +84,12 @@ def to_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
     return Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy())
 
 
-def fingerprint(params: Params, name: str, data_dir: Path) -> str:
-    """Identity of a training run: params (except `epochs`, so raising it continues) + data."""
+def fingerprint(params: Params, name: str, data_dir: Path, processes: int = 1) -> str:
+    """Identity of a training run: params (except `epochs`, so raising it continues) + data
+    (+ the number of torchrun processes, which sets the global batch)."""
     e = {k: v for k, v in asdict(params.experiment(name)).items() if k != "epochs"}
-    h = hashlib.sha256(json.dumps({"seed": params.seed, "experiment": e}, sort_keys=True).encode())
+    ident = {"seed": params.seed, "experiment": e, **({"processes": processes} if processes > 1 else {})}
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
     with open(data_dir / "images.npy", "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
@@ -116,6 +125,9 @@ def load_model(path: Path, device: torch.device | str = "cpu"):
 
 
 # ---------------------------------------------------------------- the GAN update
+_NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # pass-through: scale() is identity, step() steps
+
+
 def bce(logit: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
 
@@ -143,175 +155,37 @@ def g_loss(e, gen_out: DOut, real_out: DOut, fake_labels) -> torch.Tensor:
     return loss
 
 
-def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    """One GAN update on a batch in [-1, 1]; returns [loss_d, loss_g, D(x), D(G(z))] (no host sync)."""
+def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
+               accel: Accel = PLAIN, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One GAN update on a batch in [-1, 1]; returns [loss_d, loss_g, D(x), D(G(z))] (no host sync).
+    `accel`: autocast precision and memory format; `scaler`: fp16 loss scaling (None = off)."""
     batch = real.shape[0]
+    scaler = scaler or _NO_SCALER
     if e.flip_p > 0:
         flip = torch.rand(batch, device=real.device) < e.flip_p
         real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+    real = accel.batch(real)
     z = sample_noise(batch, e.z_dim, e.noise, real.device)
     fake_labels = torch.randint(num_classes, (batch,), device=real.device) if num_classes else None
-    fake = G(z, fake_labels)
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-    real_out, fake_out = D(real), D(fake.detach())
-    loss_d = d_loss(e, real_out, fake_out, labels, fake_labels)
+    with accel.autocast():
+        fake = G(z, fake_labels)
+        real_out, fake_out = D(real), D(fake.detach())
+        loss_d = d_loss(e, real_out, fake_out, labels, fake_labels)
     opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_d)
     # (2) Update G network: maximize log(D(G(z)))
-    gen_out = D(fake)
-    loss_g = g_loss(e, gen_out, real_out, fake_labels)
+    with accel.autocast():
+        gen_out = D(fake)
+        loss_g = g_loss(e, gen_out, real_out, fake_labels)
     opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    return torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_out.logit.detach()).mean(),
-                        torch.sigmoid(fake_out.logit.detach()).mean()])
-
-
-# ---------------------------------------------------------------- stops, health checks, checkpoints
-class Interrupted(UserError):
-    """SIGTERM or Ctrl-C: the loop finished its step, wrote a checkpoint and stopped."""
-
-    interrupted = True  # cli.py prints it without "error:"; tracking ends the MLflow run as KILLED
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-class Diverged(UserError):
-    """A non-finite loss or weight: training stops; the last good checkpoint is kept."""
-
-
-class GracefulStop:
-    """While active, SIGTERM and SIGINT only set `signum`; the loop looks at it after every step.
-    A second Ctrl-C interrupts at once (KeyboardInterrupt), as most training frameworks do."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-class Monitor:
-    """Health checks kept on the device, so the loop never waits for the GPU per step: the first
-    step with a non-finite loss, and streaks of steps where D wins outright (D(x) > collapse_real
-    and D(G(z)) < collapse_fake: a collapsed discriminator gives G almost no gradient).
-    `read` syncs once, at checkpoints and epoch ends only."""
-
-    def __init__(self, device: torch.device, t):
-        self.real_above, self.fake_below = t.collapse_real, t.collapse_fake
-        self.first_bad = torch.full((3,), -1.0, device=device)  # global step, loss_d, loss_g
-        self.streak = torch.zeros((), device=device)   # consecutive collapsed steps, across epochs
-        self.longest = torch.zeros((), device=device)  # the running epoch's longest streak
-
-    def update(self, out: torch.Tensor, global_step: int) -> None:
-        new = ~torch.isfinite(out[:2]).all() & (self.first_bad[0] < 0)
-        self.first_bad = torch.where(new, torch.cat([torch.full_like(out[:1], global_step), out[:2]]), self.first_bad)
-        hit = (out[2] > self.real_above) & (out[3] < self.fake_below)
-        self.streak = (self.streak + 1) * hit
-        self.longest = torch.maximum(self.longest, self.streak)
-
-    def read(self, nets) -> tuple[list[float], bool, float]:
-        """(first bad [step, loss_d, loss_g], all weights finite, longest streak this epoch)."""
-        finite = torch.stack([torch.isfinite(p).all() for net in nets for p in net.parameters()]).all()
-        values = torch.cat([self.first_bad, finite.float()[None], self.longest[None]]).tolist()
-        return values[:3], values[3] == 1.0, values[4]
-
-
-@dataclass
-class LoopState:
-    """Where training stands: `epoch` epochs done and `step` steps of the next one (0 = at an
-    epoch boundary). Mid-epoch, that epoch's image order, running loss sums and seconds so far
-    travel with it, so a resumed epoch ends exactly as an uninterrupted one."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list = field(default_factory=list)
-    perm: torch.Tensor | None = None
-    sums: torch.Tensor | None = None   # loss_d, loss_g, D(x), D(G(z)) summed over the done steps
-    epoch_s: float = 0.0
-    resumed: bool = False
-
-    def where(self, steps: int) -> str:
-        if self.step:
-            return f"epoch {self.epoch + 1}, step {self.step}/{steps}"
-        return f"end of epoch {self.epoch}" if self.epoch else "the start"
-
-
-def _checkpoint_blob(st: LoopState, G, D, opt_g, opt_d, order, monitor: Monitor, fp: str, device) -> dict:
-    ckpt = {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "epoch": st.epoch, "step": st.step, "history": st.history, "fingerprint": fp,
-            "rng_cpu": torch.get_rng_state(), "rng_order": order.get_state(), "collapse_streak": monitor.streak.cpu()}
-    if st.step:
-        ckpt.update(perm=st.perm.cpu(), sums=st.sums.cpu(), collapse_longest=monitor.longest.cpu(), epoch_s=st.epoch_s)
-    if device.type == "cuda":
-        ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
-    return ckpt
-
-
-def _resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, opt_d, order, monitor) -> LoopState:
-    """The checkpoint's state when it belongs to this run (same params and data), else a fresh one."""
-    if not path.is_file():
-        return LoopState()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
-    st = LoopState(ckpt["epoch"], ckpt.get("step", 0), ckpt["history"], resumed=True)
-    if ckpt.get("fingerprint") != fp or st.epoch + (st.step > 0) > e.epochs:
-        print(f"{name}: params or data changed since the last checkpoint; starting afresh")
-        return LoopState()
-    G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"])
-    opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"])
-    torch.set_rng_state(ckpt["rng_cpu"]); order.set_state(ckpt["rng_order"])
-    if device.type == "cuda" and "rng_cuda" in ckpt:
-        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    monitor.streak = ckpt.get("collapse_streak", monitor.streak).to(device)
-    if st.step:
-        st.perm, st.sums, st.epoch_s = ckpt["perm"].to(device), ckpt["sums"].to(device), ckpt["epoch_s"]
-        monitor.longest = ckpt["collapse_longest"].to(device)
-    if st.epoch < e.epochs:
-        print(f"{name}: resuming at {st.where(steps)} of {e.epochs} epochs")
-    return st
-
-
-def _finished_path(state: Path) -> Path:
-    return state / "finished.json"  # written once the run's model and summary are logged
-
-
-def _logged_already(state: Path, epochs: int) -> bool:
-    """True when a run of exactly `epochs` epochs finished logging (not one that `epochs` was raised from)."""
-    path = _finished_path(state)
-    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
-
-
-def _epoch_metrics(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("epoch", "images")}
-
-
-def _backfill(mlflow, history: list) -> None:
-    """Epochs a killed process checkpointed but never sent to MLflow (killed in between): send them once."""
-    run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss_d")}
-    for row in history:
-        if row["epoch"] not in logged:
-            mlflow.log_metrics(_epoch_metrics(row), step=row["epoch"])
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    return torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                        torch.sigmoid(real_out.logit.detach().float()).mean(),
+                        torch.sigmoid(fake_out.logit.detach().float()).mean()])
 
 
 # ---------------------------------------------------------------- the loop
@@ -319,11 +193,15 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
     """Train experiment `name` (resuming from its checkpoint when there is one); returns the summary.
     While it runs, SIGTERM and Ctrl-C only set a flag: the loop checkpoints at its next step and
     raises Interrupted."""
+    world = distributed.from_env()  # torchrun sets RANK / WORLD_SIZE; else a world of one
     with GracefulStop() as stop:
-        return _train(params, name, progress, stop)
+        try:
+            return _train(params, name, progress, stop, world)
+        finally:
+            distributed.close(world)
 
 
-def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dict:
+def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world: distributed.World) -> dict:
     e = params.experiment(name)
     ds = params.dataset(e.dataset)
     variant = VARIANTS[e.variant]
@@ -342,21 +220,35 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
     if variant.conditional and (num_classes < 2 or (data["labels"] < 0).any()):
         raise UserError(f"variant '{e.variant}' needs labeled images; {data_dir} has classes {data['stats']['classes']}")
 
-    device = pick_device(params.train.device)
+    t = params.train
+    device = distributed.init(world, pick_device(t.device))
+    accel = resolve(t.amp, t.channels_last, t.compile, device)
+    main = world.main  # only rank 0 writes files, prints progress and talks to MLflow
     train_mask = data["split"] == 0
     images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
     labels = torch.from_numpy(data["labels"][train_mask]).to(device)
     n = len(images)
     if n < 2:
         raise UserError(f"dataset '{e.dataset}' has {n} training images; need at least 2")
-    batch = min(e.batch_size, n)
-    steps = n // batch
+    batch = min(e.batch_size, n // world.size)  # per process; one step consumes batch x world.size images
+    if batch < 2:
+        raise UserError(f"dataset '{e.dataset}' has {n} training images: too few for {world.size} processes")
+    global_batch = batch * world.size
+    steps = n // global_batch
 
     seed = params.seed + e.seed_offset
     torch.manual_seed(seed)
     G, D = build_networks(e, channels, size, num_classes)
-    G, D = G.to(device), D.to(device)
+    G, D = accel.prepare(G.to(device)), accel.prepare(D.to(device))
     opt_g, opt_d = variant.optimizers(e, G, D)
+    scaler = accel.scaler()
+    # the training step runs through these: DDP wrappers (gradients averaged across processes)
+    # and/or compiled graphs; G and D themselves are what gets saved and sampled
+    step_G, step_D = distributed.wrap(G, world, device), distributed.wrap(D, world, device)
+    if accel.compile:
+        step_G, step_D = torch.compile(step_G), torch.compile(step_D)
+    if world.active:
+        torch.manual_seed(seed + 1_000_003 * world.rank)  # same init (DDP broadcasts rank 0's), own noise per rank
     grid_gen = torch.Generator().manual_seed(seed + 1)
     fixed_z = sample_noise(params.train.grid_size, e.z_dim, e.noise, device, grid_gen)
     fixed_labels = (torch.arange(params.train.grid_size, device=device) % num_classes) if num_classes else None
@@ -365,31 +257,38 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
 
     state = paths.state_dir(root, name)
     ckpt_path = state / "checkpoint.pt"
-    fp = fingerprint(params, name, data_dir)
-    st = _resume(ckpt_path, fp, e, name, steps, device, G, D, opt_g, opt_d, order, monitor)
+    fp = fingerprint(params, name, data_dir, world.size)
+    st = resume(ckpt_path, fp, e, name, steps, device, G, D, opt_g, opt_d, order, monitor, world.rank, world.size,
+                scaler if scaler.is_enabled() else None)
     outputs = (params, name, G, D, e, channels, size, num_classes, data, fp, device)
-    if st.epoch == e.epochs and _logged_already(state, e.epochs):
+    if st.epoch == e.epochs and logged_already(state, e.epochs):
         # a rerun after a complete training (DVC saw a code change...): rewrite the outputs only;
         # the model and metrics are in MLflow already and are not logged twice
+        if not main:
+            return {}
         print(f"{name}: already trained for {e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
         return _write_outputs(*outputs, st.history)
-    connect(params)  # an unreachable tracking server stops us here, before any state is touched
-    if not st.resumed and state.exists():
-        shutil.rmtree(state)
-    for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
-        stale.unlink(missing_ok=True)
-    state.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may clear the state
+    if main:
+        connect(params)  # an unreachable tracking server stops us here, before any state is touched
+        if not st.resumed and state.exists():
+            shutil.rmtree(state)
+        for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
+            stale.unlink(missing_ok=True)
+        state.mkdir(parents=True, exist_ok=True)
 
-    t = params.train
     every = t.checkpoint_every_steps
     saved = (st.epoch, st.step)  # the position of the last good checkpoint
 
     def check() -> float:
         """Stop on a non-finite loss or weight (nothing is written); else the epoch's longest collapse streak."""
         (bad_step, loss_d, loss_g), weights_ok, longest = monitor.read((G, D))
-        if bad_step < 0 and weights_ok:
+        healthy = bad_step < 0 and weights_ok
+        if distributed.agree_max(int(not healthy), world, device) == 0:  # every rank stops if any rank must
             return longest
-        if bad_step >= 0:
+        if healthy:
+            what = "non-finite loss or weights in another process"
+        elif bad_step >= 0:
             ep, i = divmod(int(bad_step) - 1, steps)
             what = (f"non-finite loss at epoch {ep + 1}, step {i + 1}/{steps} (global step {int(bad_step)}: "
                     f"loss_d={loss_d}, loss_g={loss_g})")
@@ -400,8 +299,18 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
 
     def save() -> None:
         nonlocal saved
-        save_torch(ckpt_path, _checkpoint_blob(st, G, D, opt_g, opt_d, order, monitor, fp, device))
+        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+        if world.active:  # collective: every rank's noise RNG, so a resumed run continues each stream
+            extra["rng_ranks"] = distributed.gather_objects(distributed.rng_state(device), world)
+        if main:
+            save_torch(ckpt_path, checkpoint_blob(st, G, D, opt_g, opt_d, order, monitor, fp, device, extra))
         saved = (st.epoch, st.step)
+
+    def stop_requested(i: int) -> bool:
+        """A signal arrived (on any rank: under torchrun they agree every 10 steps, one host sync)."""
+        if world.active and i % 10 == 0:
+            stop.signum = distributed.agree_max(stop.signum, world, device)
+        return bool(stop.signum) and (not world.active or i % 10 == 0)
 
     def halt() -> None:
         """SIGTERM / Ctrl-C: checkpoint where we are (if not there already), then stop."""
@@ -411,16 +320,21 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
         raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; checkpoint "
                           f"({LoopState(*saved).where(steps)}) in {ckpt_path}; rerun to resume", stop.signum)
 
-    with training_run(params, name, e.dataset, e.variant, state) as mlflow:
-        if st.resumed:
+    tracked = training_run(params, name, e.dataset, e.variant, state) if main else contextlib.nullcontext()
+    with tracked as mlflow:
+        if not main:
+            pass
+        elif st.resumed:
             mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
-            _backfill(mlflow, st.history)
+            backfill(mlflow, st.history)
         else:
             logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
                       **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
                       "seed": params.seed, "device": str(device), "train_images": n,
-                      "image_size": size, "channels": channels}
+                      "image_size": size, "channels": channels, "processes": world.size, "amp": accel.amp,
+                      "channels_last": accel.channels_last, "compile": accel.compile}
             mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
+        if not st.resumed:
             save()  # checkpoint "at the start": from now on every rerun reopens this MLflow run
         for epoch in range(st.epoch + 1, e.epochs + 1):
             for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
@@ -432,13 +346,14 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
                 st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
             t0 = time.perf_counter()
             for i in tqdm(range(st.step, steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False,
-                          disable=None if progress else True):
-                if stop.signum:
+                          disable=None if progress and main else True):
+                if stop_requested(i):
                     st.epoch_s += time.perf_counter() - t0
                     halt()
-                idx = st.perm[i * batch: (i + 1) * batch]
+                idx = distributed.shard(st.perm[i * global_batch: (i + 1) * global_batch], world)
                 real = images[idx].float().div_(127.5).sub_(1.0)
-                out = train_step(G, D, opt_g, opt_d, e, real, labels[idx] if num_classes else None, num_classes)
+                out = train_step(step_G, step_D, opt_g, opt_d, e, real, labels[idx] if num_classes else None,
+                                 num_classes, accel, scaler)
                 st.sums += out
                 global_step = (epoch - 1) * steps + i + 1
                 monitor.update(out, global_step)
@@ -453,19 +368,22 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
 
             longest = check()
             collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
-            loss_d_m, loss_g_m, d_x, d_gz = (st.sums / steps).tolist()
-            grid = to_grid(generate(G, fixed_z, fixed_labels))
-            save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
-            save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
-                       _model_blob(G, None, e, channels, size, num_classes, data, fp))
+            loss_d_m, loss_g_m, d_x, d_gz = distributed.all_reduce_mean(st.sums / steps, world).tolist()
+            if main:
+                grid = to_grid(generate(G, fixed_z, fixed_labels))
+                save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
+                save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
+                           _model_blob(G, None, e, channels, size, num_classes, data, fp))
             wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
             row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
-                   "images_per_s": steps * batch / st.epoch_s, "images": steps * batch,
+                   "images_per_s": steps * global_batch / st.epoch_s, "images": steps * global_batch,
                    "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
             st.history.append(row)
             st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
             save()
-            mlflow.log_metrics(_epoch_metrics(row), step=epoch)
+            if not main:
+                continue
+            mlflow.log_metrics(epoch_metrics(row), step=epoch)
             mlflow.log_image(grid, key="samples", step=epoch)
             print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
                   f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
@@ -474,15 +392,18 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop) -> dic
                 print(f"{name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
                       f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
                       f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
-        if stop.signum:  # came during the last epoch's end: its checkpoint is written
+        if stop_requested(0):  # came during the last epoch's end: its checkpoint is written
             halt()
 
-        stop.restore()  # finishing (outputs, model logging): signals act as usual again
+        stop.restore()
+        distributed.barrier(world)
+        if not main:
+            return {}  # finishing (outputs, model logging): signals act as usual again
         summary = _write_outputs(*outputs, st.history)
         mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
         if t.log_model:
             _log_generator(mlflow, G, e, channels, size, num_classes)
-        write_json(_finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
+        write_json(finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
     return summary
 
 

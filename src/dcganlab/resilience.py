@@ -1,0 +1,176 @@
+"""Stops, health checks and checkpoints of the training loop (train.py).
+
+- GracefulStop: SIGTERM / Ctrl-C only set a flag; the loop checkpoints and raises Interrupted.
+- Monitor: non-finite losses and discriminator collapse, tracked on the device (no per-step sync).
+- LoopState + checkpoint_blob/resume: the exact position (mid-epoch included) and every RNG
+  state, so a resumed run ends bit-identical to an uninterrupted one on CPU.
+- finished/backfill: a rerun never logs a model or an epoch to MLflow twice.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dcganlab.errors import UserError
+
+
+class Interrupted(UserError):
+    """SIGTERM or Ctrl-C: the loop finished its step, wrote a checkpoint and stopped."""
+
+    interrupted = True  # cli.py prints it without "error:"; tracking ends the MLflow run as KILLED
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class Diverged(UserError):
+    """A non-finite loss or weight: training stops; the last good checkpoint is kept."""
+
+
+class GracefulStop:
+    """While active, SIGTERM and SIGINT only set `signum`; the loop looks at it after every step.
+    A second Ctrl-C interrupts at once (KeyboardInterrupt), as most training frameworks do."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class Monitor:
+    """Health checks kept on the device, so the loop never waits for the GPU per step: the first
+    step with a non-finite loss, and streaks of steps where D wins outright (D(x) > collapse_real
+    and D(G(z)) < collapse_fake: a collapsed discriminator gives G almost no gradient).
+    `read` syncs once, at checkpoints and epoch ends only."""
+
+    def __init__(self, device: torch.device, t):
+        self.real_above, self.fake_below = t.collapse_real, t.collapse_fake
+        self.first_bad = torch.full((3,), -1.0, device=device)  # global step, loss_d, loss_g
+        self.streak = torch.zeros((), device=device)   # consecutive collapsed steps, across epochs
+        self.longest = torch.zeros((), device=device)  # the running epoch's longest streak
+
+    def update(self, out: torch.Tensor, global_step: int) -> None:
+        new = ~torch.isfinite(out[:2]).all() & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(new, torch.cat([torch.full_like(out[:1], global_step), out[:2]]), self.first_bad)
+        hit = (out[2] > self.real_above) & (out[3] < self.fake_below)
+        self.streak = (self.streak + 1) * hit
+        self.longest = torch.maximum(self.longest, self.streak)
+
+    def read(self, nets) -> tuple[list[float], bool, float]:
+        """(first bad [step, loss_d, loss_g], all weights finite, longest streak this epoch)."""
+        finite = torch.stack([torch.isfinite(p).all() for net in nets for p in net.parameters()]).all()
+        values = torch.cat([self.first_bad, finite.float()[None], self.longest[None]]).tolist()
+        return values[:3], values[3] == 1.0, values[4]
+
+
+@dataclass
+class LoopState:
+    """Where training stands: `epoch` epochs done and `step` steps of the next one (0 = at an
+    epoch boundary). Mid-epoch, that epoch's image order, running loss sums and seconds so far
+    travel with it, so a resumed epoch ends exactly as an uninterrupted one."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    perm: torch.Tensor | None = None
+    sums: torch.Tensor | None = None   # loss_d, loss_g, D(x), D(G(z)) summed over the done steps
+    epoch_s: float = 0.0
+    resumed: bool = False
+
+    def where(self, steps: int) -> str:
+        if self.step:
+            return f"epoch {self.epoch + 1}, step {self.step}/{steps}"
+        return f"end of epoch {self.epoch}" if self.epoch else "the start"
+
+
+def checkpoint_blob(st: LoopState, G, D, opt_g, opt_d, order, monitor: Monitor, fp: str, device, extra: dict | None = None) -> dict:
+    ckpt = {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "epoch": st.epoch, "step": st.step, "history": st.history, "fingerprint": fp,
+            "rng_cpu": torch.get_rng_state(), "rng_order": order.get_state(), "collapse_streak": monitor.streak.cpu()}
+    if st.step:
+        ckpt.update(perm=st.perm.cpu(), sums=st.sums.cpu(), collapse_longest=monitor.longest.cpu(), epoch_s=st.epoch_s)
+    if device.type == "cuda":
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
+    ckpt.update(extra or {})  # torchrun: every rank's RNG states (rng_ranks)
+    return ckpt
+
+
+def resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, opt_d, order, monitor,
+           rank: int = 0, world_size: int = 1, scaler: torch.amp.GradScaler | None = None) -> LoopState:
+    """The checkpoint's state when it belongs to this run (same params and data), else a fresh one."""
+    if not path.is_file():
+        return LoopState()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
+    st = LoopState(ckpt["epoch"], ckpt.get("step", 0), ckpt["history"], resumed=True)
+    if ckpt.get("fingerprint") != fp or st.epoch + (st.step > 0) > e.epochs:
+        print(f"{name}: params or data changed since the last checkpoint; starting afresh")
+        return LoopState()
+    G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"])
+    opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"])
+    torch.set_rng_state(ckpt["rng_cpu"]); order.set_state(ckpt["rng_order"])
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    if scaler is not None and "scaler" in ckpt:  # fp16 loss scale
+        scaler.load_state_dict(ckpt["scaler"])
+    if world_size > 1:  # torchrun: each rank continues its own noise stream
+        ranks = ckpt.get("rng_ranks") or []
+        if len(ranks) != world_size:
+            raise UserError(f"{name}: the checkpoint was written by {len(ranks) or 1} process(es), this run has "
+                            f"{world_size}; resume with the same --nproc_per_node x --nnodes")
+        torch.set_rng_state(ranks[rank]["cpu"])
+        if device.type == "cuda" and "cuda" in ranks[rank]:
+            torch.cuda.set_rng_state(ranks[rank]["cuda"], device)
+    monitor.streak = ckpt.get("collapse_streak", monitor.streak).to(device)
+    if st.step:
+        st.perm, st.sums, st.epoch_s = ckpt["perm"].to(device), ckpt["sums"].to(device), ckpt["epoch_s"]
+        monitor.longest = ckpt["collapse_longest"].to(device)
+    if st.epoch < e.epochs:
+        print(f"{name}: resuming at {st.where(steps)} of {e.epochs} epochs")
+    return st
+
+
+def finished_path(state: Path) -> Path:
+    return state / "finished.json"  # written once the run's model and summary are logged
+
+
+def logged_already(state: Path, epochs: int) -> bool:
+    """True when a run of exactly `epochs` epochs finished logging (not one that `epochs` was raised from)."""
+    path = finished_path(state)
+    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+
+
+def epoch_metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("epoch", "images")}
+
+
+def backfill(mlflow, history: list) -> None:
+    """Epochs a killed process checkpointed but never sent to MLflow (killed in between): send them once."""
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss_d")}
+    for row in history:
+        if row["epoch"] not in logged:
+            mlflow.log_metrics(epoch_metrics(row), step=row["epoch"])
