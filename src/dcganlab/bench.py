@@ -243,80 +243,17 @@ def _profile(G, D, opt_g, opt_d, one, steps: int, device: str) -> dict:
             "step_overhead_fraction": other / total}
 
 
-def _write_pngs(images: np.ndarray, labels: np.ndarray, root: Path) -> None:
-    from PIL import Image
-
-    for i, (img, lab) in enumerate(zip(images, labels)):
-        folder = root / f"class_{max(int(lab), 0)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / f"{i:06d}.png")
-
-
 def _reference_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, workers: int) -> dict:
-    """The classic loop (pytorch/examples dcgan/main.py): ImageFolder over PNGs, PIL decode +
-    Resize/CenterCrop/ToTensor/Normalize per image, DataLoader workers, `.item()` every step."""
-    import torch
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    """classic_loop.py on the same networks, batch and optimizers as our loop."""
+    from dcganlab.classic_loop import classic_seconds
 
     e, images, labels, k, G, D, opt_g, opt_d = _setup(params, name, Path(folder), device)
     if k:
         raise UserError(f"the reference loop is the unconditional DCGAN; '{name}' is conditional")
     batch = min(e.batch_size, len(images))
-    need = min(len(images), (s.warmup + s.steps) * batch)
-    c, size = images.shape[1], images.shape[2]
-    tmp = Path(tempfile.mkdtemp(prefix="dcganlab-ref-"))
-    try:
-        _write_pngs(images[:need], labels[:need], tmp)
-        tf = transforms.Compose(([transforms.Grayscale(1)] if c == 1 else []) + [
-            transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-            transforms.Normalize([0.5] * c, [0.5] * c)])
-        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=tf), batch_size=batch, shuffle=True,
-                            num_workers=workers, drop_last=True)
-        criterion = torch.nn.BCEWithLogitsLoss()
-
-        def run(steps: int, it) -> float:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                try:
-                    data, _ = next(it[0])
-                except StopIteration:
-                    it[0] = iter(loader)
-                    data, _ = next(it[0])
-                real = data.to(device)
-                b = real.size(0)
-                # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-                D.zero_grad()
-                label = torch.full((b,), e.real_label, device=device)
-                out = D(real).logit
-                err_real = criterion(out, label)
-                err_real.backward()
-                d_x = out.sigmoid().mean().item()
-                noise = torch.randn(b, e.z_dim, device=device)
-                fake = G(noise)
-                label.fill_(e.fake_label)
-                out = D(fake.detach()).logit
-                err_fake = criterion(out, label)
-                err_fake.backward()
-                d_gz1 = out.sigmoid().mean().item()
-                err_d = err_real + err_fake
-                opt_d.step()
-                # (2) Update G network: maximize log(D(G(z)))
-                G.zero_grad()
-                label.fill_(1.0)
-                out = D(fake).logit
-                err_g = criterion(out, label)
-                err_g.backward()
-                opt_g.step()
-                err_d.item(), err_g.item(), d_x, d_gz1
-            return time.perf_counter() - t0
-
-        it = [iter(loader)]
-        run(s.warmup, it)
-        seconds = run(s.steps, it)
-        del it, loader  # join the loader workers, so their memory is in RUSAGE_CHILDREN
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    need = min(len(images), (s.warmup + s.steps) * batch)  # PNG files: enough for one pass
+    seconds = classic_seconds(G, D, opt_g, opt_d, e, images[:need], labels[:need], device, batch,
+                              s.warmup, s.steps, workers)
     return {"experiment": name, "batch_size": batch, "steps": s.steps, "loader_workers": workers,
             "images_per_s": s.steps * batch / seconds, "step_ms": 1000 * seconds / s.steps,
             "png_files": int(need)}
