@@ -46,6 +46,8 @@ def test_bench_writes_every_measurement(prepared):
     assert prep["1_worker"]["opencv_threads"] == 1 and prep["1_worker"]["photos"] == 12
     assert prep["1_worker"]["kept"] == prep["2_workers"]["kept"] > 0
     assert math.isclose(r["prepare_scaling_2_workers"], prep["2_workers"]["images_per_s"] / prep["1_worker"]["images_per_s"])
+    assert math.isclose(r["prepare_2_workers_vs_in_process"],
+                        prep["2_workers"]["images_per_s"] / prep["in_process_default"]["images_per_s"])
     ev = r["evaluate"]
     assert ev["samples"] == 40 and _positive(ev["seconds_per_1000_samples"])
     assert math.isclose(ev["seconds_per_1000_samples"], (ev["generate_s"] + ev["fid_kid_s"] + ev["floor_s"]) * 1000 / 40)

@@ -403,6 +403,9 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         if not identical:
             raise UserError("prepare output differs between worker counts (order or content)")
         result["prepare_scaling_2_workers"] = runs["2_workers"]["images_per_s"] / runs["1_worker"]["images_per_s"]
+        # vs `workers: 1` as prepare runs it, where OpenCV's own threads already share the cores
+        result["prepare_2_workers_vs_in_process"] = (runs["2_workers"]["images_per_s"]
+                                                     / runs["in_process_default"]["images_per_s"])
 
         log("bench: evaluate (FID/KID)")
         result["evaluate"] = _isolated(_evaluate_rate, params, baseline, folders[params.experiments[baseline].dataset],
@@ -431,6 +434,7 @@ def table(r: dict) -> str:
         ("step_overhead_fraction", f"{100 * r['step_overhead_fraction']:.1f}%", ""),
         *[(f"prepare {k}", f"{v['images_per_s']:.0f} img/s", _mb(v)) for k, v in prep.items() if isinstance(v, dict)],
         ("prepare_scaling_2_workers", f"{r['prepare_scaling_2_workers']:.2f}x", ""),
+        ("prepare 2 workers vs in-process default", f"{r['prepare_2_workers_vs_in_process']:.2f}x", ""),
         ("evaluate per 1000 samples", f"{ev['seconds_per_1000_samples']:.2f} s", _mb(ev)),
     ]
     width = max(len(a) for a, _, _ in rows)
