@@ -12,8 +12,9 @@
 - evaluation seconds per 1000 generated samples (generate + FID/KID + the real floor, as
   the evaluate stage computes them).
 
-Each measurement runs in its own spawned process, so its peak memory (ru_maxrss) is its
-own and one measurement's threads or caches cannot slow the next.
+Each measurement runs in its own spawned process, so its peak memory is its own (plus the
+sampled memory of its worker processes) and one measurement's threads or caches cannot
+slow the next.
 """
 from __future__ import annotations
 
