@@ -220,7 +220,7 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
     """Throughput and peak memory of training (every experiment, and our loop vs a classic
     ImageFolder + DataLoader loop), one step's overhead, prepare with 1 and 2 workers, and
     evaluation. Reads params.yaml and data/processed/ (built in a temp dir when missing);
-    writes reports/bench.json. The default finishes in about 5 minutes on 2 CPU cores."""
+    writes reports/bench.json. The default finishes in under 5 minutes on 2 CPU cores."""
     def work():
         from dataclasses import replace
 
