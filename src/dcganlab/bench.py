@@ -42,14 +42,15 @@ from dcganlab.errors import UserError
 @dataclass(frozen=True)
 class BenchSettings:
     warmup: int = 5            # training steps before timing (allocator, caches, loader start-up)
-    steps: int = 30            # timed training steps per measurement
+    steps: int = 10            # timed training steps per repeat
     profile_steps: int = 10    # steps split into forward / backward / optimizer / other
     photos: int = 2000         # prepare: LFW-subset photos (the 200 repeated) per worker count
     eval_samples: int = 1000   # evaluate: generated (and real) samples
+    repeats: int = 3           # timed training repeats; the median one is reported (robust to a busy machine)
 
 
 QUICK = BenchSettings()
-LONG = BenchSettings(warmup=20, steps=300, profile_steps=50, photos=8000, eval_samples=5000)
+LONG = BenchSettings(warmup=20, steps=100, profile_steps=50, photos=8000, eval_samples=5000)
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -151,6 +152,13 @@ def _setup(params: Params, name: str, folder: Path, device: str):
     return e, images, labels, num_classes, G, D, opt_g, opt_d
 
 
+def _rates(seconds: list[float], steps: int, batch: int) -> dict:
+    """images/s of the median repeat (and the best: the machine's least disturbed)."""
+    median = sorted(seconds)[len(seconds) // 2]
+    return {"images_per_s": steps * batch / median, "images_per_s_best": steps * batch / min(seconds),
+            "step_ms": 1000 * median / steps, "repeat_seconds": seconds}
+
+
 def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, profile: bool) -> dict:
     """train.py's epoch body: uint8 on the device, index + scale per batch, train_step, one sync."""
     import torch
@@ -183,10 +191,10 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
         return time.perf_counter() - t0
 
     run(s.warmup)
-    seconds = run(s.steps)
+    seconds = [run(s.steps) for _ in range(s.repeats)]
     out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
            "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps,
-           "images_per_s": s.steps * batch / seconds, "step_ms": 1000 * seconds / s.steps}
+           **_rates(seconds, s.steps, batch)}
     if profile:
         out["profile"] = _profile(G, D, opt_g, opt_d, one, s.profile_steps, device)
     return out
@@ -252,12 +260,11 @@ def _reference_loop(params: Params, name: str, folder: str, device: str, s: Benc
     if k:
         raise UserError(f"the reference loop is the unconditional DCGAN; '{name}' is conditional")
     batch = min(e.batch_size, len(images))
-    need = min(len(images), (s.warmup + s.steps) * batch)  # PNG files: enough for one pass
+    need = min(len(images), (s.warmup + s.steps * s.repeats) * batch)  # PNG files: enough for one pass
     seconds = classic_seconds(G, D, opt_g, opt_d, e, images[:need], labels[:need], device, batch,
-                              s.warmup, s.steps, workers)
+                              s.warmup, s.steps, s.repeats, workers)
     return {"experiment": name, "batch_size": batch, "steps": s.steps, "loader_workers": workers,
-            "images_per_s": s.steps * batch / seconds, "step_ms": 1000 * seconds / s.steps,
-            "png_files": int(need)}
+            **_rates(seconds, s.steps, batch), "png_files": int(need)}
 
 
 # ---------------------------------------------------------------- prepare

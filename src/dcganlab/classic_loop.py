@@ -26,8 +26,9 @@ def write_image_folder(images: np.ndarray, labels: np.ndarray, root: Path) -> No
 
 
 def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarray, device, batch: int,
-                    warmup: int, steps: int, workers: int = 2) -> float:
-    """Seconds for `steps` classic updates after `warmup` untimed ones (unconditional G, D)."""
+                    warmup: int, steps: int, repeats: int = 1, workers: int = 2) -> list[float]:
+    """Seconds of each of `repeats` runs of `steps` classic updates, after `warmup` untimed
+    ones (unconditional G, D)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -79,7 +80,7 @@ def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarra
             return time.perf_counter() - t0
 
         run(warmup)
-        seconds = run(steps)
+        seconds = [run(steps) for _ in range(repeats)]
         del it, loader  # stop the loader workers before the folder goes
         return seconds
     finally:
