@@ -42,15 +42,15 @@ from dcganlab.errors import UserError
 @dataclass(frozen=True)
 class BenchSettings:
     warmup: int = 5            # training steps before timing (allocator, caches, loader start-up)
-    steps: int = 10            # timed training steps per repeat
+    steps: int = 6             # timed training steps per repeat
     profile_steps: int = 10    # steps split into forward / backward / optimizer / other
     photos: int = 2000         # prepare: LFW-subset photos (the 200 repeated) per worker count
     eval_samples: int = 1000   # evaluate: generated (and real) samples
-    repeats: int = 3           # timed training repeats; the median one is reported (robust to a busy machine)
+    repeats: int = 5           # timed training repeats; the median one is reported (robust to a busy machine)
 
 
 QUICK = BenchSettings()
-LONG = BenchSettings(warmup=20, steps=100, profile_steps=50, photos=8000, eval_samples=5000)
+LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000)
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -195,6 +195,8 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
     out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
            "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps,
            **_rates(seconds, s.steps, batch)}
+    if device.startswith("cuda"):
+        out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if profile:
         out["profile"] = _profile(G, D, opt_g, opt_d, one, s.profile_steps, device)
     return out

@@ -211,7 +211,7 @@ def report(params: Path = ParamsOpt) -> None:
 @app.command()
 def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the photos, 5x the samples: steadier numbers (~15 min on 2 cores)"),
           experiment: Optional[list[str]] = typer.Option(None, "--experiment", "-e", help="only these experiments (repeatable)"),
-          steps: Optional[int] = typer.Option(None, "--steps", help="timed training steps per repeat (3 repeats, the median reported)"),
+          steps: Optional[int] = typer.Option(None, "--steps", help="timed training steps per repeat (5 repeats, the median reported)"),
           warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed training steps first"),
           photos: Optional[int] = typer.Option(None, "--photos", help="prepare: photos per worker count"),
           eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate: generated samples"),
