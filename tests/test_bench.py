@@ -30,7 +30,7 @@ def test_bench_writes_every_measurement(prepared):
     for m in measured:
         assert _positive(m["peak_rss_mb"]) and m["peak_rss_mb"] >= m["start_rss_mb"] > 0
         assert m["peak_children_uss_mb"] >= 0
-    assert r["reference"]["peak_children_uss_mb"] > 0  # the two DataLoader workers were seen
+    assert r["prepare"]["2_workers"]["peak_children_uss_mb"] > 0  # the pool's workers were seen
     ours, ref = r["train"]["tiny"], r["reference"]
     assert _positive(ours["images_per_s"]) and _positive(ref["images_per_s"]) and ref["loader_workers"] == 2
     assert math.isclose(r["train_speedup_vs_reference"], ours["images_per_s"] / ref["images_per_s"])

@@ -89,20 +89,24 @@ class _ChildrenMemory(threading.Thread):
             self.peak = max(self.peak, total)
 
 
-def _isolated(fn, *args) -> dict:
+def _isolated(fn, *args, workers: bool = False) -> dict:
+    """fn(*args) in a fresh spawned process; `workers`: it starts worker processes, whose
+    memory is sampled (only then: the sampling thread would cost the others time)."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_measure, fn, *args).result()
+        return pool.submit(_measure, fn, workers, *args).result()
 
 
-def _measure(fn, *args) -> dict:
+def _measure(fn, workers: bool, *args) -> dict:
     start = _peak_rss_mb()
     watch = _ChildrenMemory()
-    watch.start()
+    if workers:
+        watch.start()
     try:
         out = fn(*args)
     finally:
-        watch.done.set()
-        watch.join()
+        if workers:
+            watch.done.set()
+            watch.join()
     return {**out, "peak_rss_mb": _peak_rss_mb(), "start_rss_mb": start,
             "peak_children_uss_mb": round(watch.peak / 2**20, 1)}
 
@@ -387,7 +391,8 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
                 result["step_profile"] = {"experiment": name, **r.pop("profile")}
             result["train"][name] = r
         log(f"bench: reference loop ({baseline})")
-        ref = _isolated(_reference_loop, params, baseline, folders[params.experiments[baseline].dataset], device, s, 2)
+        ref = _isolated(_reference_loop, params, baseline, folders[params.experiments[baseline].dataset], device, s, 2,
+                        workers=True)
         result["reference"] = {**ref, "how": "torchvision ImageFolder over PNGs + PIL decode + Resize/CenterCrop/"
                                              "ToTensor/Normalize, DataLoader(num_workers=2, shuffle), .item() per step"}
         result["train_speedup_vs_reference"] = result["train"][baseline]["images_per_s"] / ref["images_per_s"]
@@ -403,7 +408,7 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         files = [photos[i % len(photos)] for i in range(s.photos)]
         crop = asdict(CropSettings.from_dataset(face_ds))
         runs = {"1_worker": _isolated(_prepare_rate, files, crop, 1, True),
-                "2_workers": _isolated(_prepare_rate, files, crop, 2, True),
+                "2_workers": _isolated(_prepare_rate, files, crop, 2, True, workers=True),
                 "in_process_default": _isolated(_prepare_rate, files, crop, 1, False)}
         identical = len({r.pop("output_sha256") for r in runs.values()}) == 1
         result["prepare"] = {**runs, "identical_output": identical,
