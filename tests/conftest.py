@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ import yaml
 from PIL import Image
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_DATASET = {
     "source": "mnist-subset", "path": "", "split": "train", "limit": 120, "detect_faces": False,
@@ -126,3 +131,30 @@ def digit_features(tmp_path_factory):
     net, _ = load_extractor(out)
     return SimpleNamespace(net=net, a=to_float(x[2000:2300]), b=to_float(x[2300:2600]),
                            ya=y[2000:2300], yb=y[2300:2600], train_x=to_float(x[:2000]), train_y=y[:2000])
+
+
+# ---------------------------------------------------------------- temp git + DVC projects
+def run_cmd(args, cwd, env) -> str:
+    """Run a command; fail the test with its output tail unless it succeeds."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def git_project(work: Path, raw: dict) -> dict:
+    """A committed git copy of this repository's tracked + untracked-not-ignored files in
+    `work`, with `raw` as its params.yaml. Returns the environment to run git/dvc/dcganlab in."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+    write_params(work, raw)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run_cmd(["git", "init", "-q"], work, env)
+    run_cmd(["git", "add", "-A"], work, env)
+    run_cmd(["git", "commit", "-qm", "tiny"], work, env)
+    return env

@@ -1,43 +1,19 @@
 """End to end: `dvc repro` on a tiny params file in a temp copy of the project."""
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params, write_params
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(args, cwd, env):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+from conftest import git_project, run_cmd as _run, tiny_params
 
 
 @pytest.mark.slow
 def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
     work = tmp_path / "project"
-    for name in files:
-        if (ROOT / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, work / name)
     raw = tiny_params()
     raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "limit": 30,
                                 "detect_faces": True, "channels": 3}
-    write_params(work, raw)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    _run(["git", "init", "-q"], work, env)
-    _run(["git", "add", "-A"], work, env)
-    _run(["git", "commit", "-qm", "tiny"], work, env)
+    env = git_project(work, raw)
     dvc = [sys.executable, "-m", "dvc"]
     _run(dvc + ["repro"], work, env)
 
