@@ -156,7 +156,8 @@ def evaluate(params: Params, name: str) -> dict:
         ranked, _ = nice_samples(G, D, n_fake, e.z_dim, e.noise, ev.nice_factor, gen, fake_labels)
         fid_ranked = fid_kid_features(real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size, params.seed)["fid"]
 
-    inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url)
+    inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url,
+                                       shown=ev.inception_weights)
     inception_scores = None
     if inception is not None:  # the first inception_samples of the same real and generated images
         n_i = min(ev.inception_samples, n_real, n_fake)

@@ -55,9 +55,11 @@ def _download(url: str, dest: Path, timeout: float) -> None:
 
 
 def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0,
-                   device: str | None = None) -> tuple[InceptionFeatures | None, str]:
+                   device: str | None = None, shown: str | None = None) -> tuple[InceptionFeatures | None, str]:
     """(extractor or None, status): status is "used" or "unavailable: <one-line reason>".
-    Runs on the GPU when there is one (InceptionV3 at 299x299 is slow on a CPU)."""
+    Runs on the GPU when there is one (InceptionV3 at 299x299 is slow on a CPU). `shown`: how
+    the weights path appears in the status (project-relative, so results do not name the machine)."""
+    shown = shown or str(weights)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if mode == "off":
         return None, "unavailable: evaluate.inception is off"
@@ -67,14 +69,14 @@ def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0,
         return None, "unavailable: torch-fidelity is not installed"
     if not weights.is_file():
         if not url:
-            return None, f"unavailable: no weights at {weights} and evaluate.inception_url is empty"
+            return None, f"unavailable: no weights at {shown} and evaluate.inception_url is empty"
         try:
             _download(url, weights, timeout)
         except Exception as exc:  # offline, DNS, HTTP error, timeout: say so and carry on
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return None, f"unavailable: no weights at {weights} and download failed ({type(exc).__name__}: {reason})"
+            return None, f"unavailable: no weights at {shown} and download failed ({type(exc).__name__}: {reason})"
     try:
         return InceptionFeatures(weights, device).eval(), "used"
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return None, f"unavailable: weights at {weights} did not load ({type(exc).__name__}: {reason})"
+        return None, f"unavailable: weights at {shown} did not load ({type(exc).__name__}: {reason})"
