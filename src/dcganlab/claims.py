@@ -160,7 +160,8 @@ def judge_ranked(ev: list[Evidence]) -> tuple[str, str, str]:
     """FID of D-ranked samples vs of random samples; noise = the real floor."""
     (x,) = ev
     ranked, plain, floor = x.get("fid_ranked"), x.get("fid"), x.get("fid_real_floor")
-    measured = f"FID ranked {ranked:.4g} vs random {plain:.4g} (real floor {floor:.3g})"
+    factor = x.metrics.get("fid_ranked_factor") or "?"
+    measured = f"FID ranked (D-best n of {factor}n) {ranked:.4g} vs random {plain:.4g} (real floor {floor:.3g})"
     if plain - ranked > floor:
         return measured, SUPPORTS, "ranked samples are closer to the real data by more than the real floor"
     if ranked - plain > floor:
@@ -206,7 +207,7 @@ CLAIMS: list[Claim] = [
     Claim("discriminator features are a useful representation for classification", "DCGAN (Radford et al.)",
           ("digits-dcgan",), "logistic regression on D's features vs on raw pixels, held-out real digits", judge_probe),
     Claim("discriminator-ranked sampling gives better samples", "upsampling GAN (Keras, MNIST)", ("digits-upsample",),
-          "FID of the best n of 20n samples ranked by D vs FID of n random samples", judge_ranked),
+          "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples", judge_ranked),
     Claim("DCGAN generates plausible digits", "DCGAN (Radford et al.)", ("digits-dcgan",),
           "k-NN precision vs real-vs-real precision, and mode coverage of the domain classifier", judge_plausible),
 ]

@@ -34,7 +34,7 @@ COLUMNS = {
     "extractor": "extractor", "Inception FID": "inception.fid",
 }
 SAMPLE_FIGURES = [  # file in reports/samples/<exp>/, caption
-    ("grid.png", "samples (not cherry-picked)"), ("nice.png", "discriminator-ranked samples (best of 20x)"),
+    ("grid.png", "samples (not cherry-picked)"), ("nice.png", "discriminator-ranked samples (best of 20x as many)"),
     ("classes.png", "one row per requested class"), ("interpolation.png", "latent interpolation"),
     ("arithmetic.png", "latent vector arithmetic"), ("progression.png", "training progression (fixed noise)"),
     ("d_filters.png", "first discriminator layer's filters"),
