@@ -52,8 +52,10 @@ def save_png(path: str | Path, image) -> None:
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a file object: given a path, torch.save names the zip's folder after the (temp)
+    # file, so equal weights would give different bytes and DVC hashes on every run
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def write_csv(path: str | Path, frame) -> None:
