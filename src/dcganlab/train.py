@@ -322,12 +322,10 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
 
     tracked = training_run(params, name, e.dataset, e.variant, state) if main else contextlib.nullcontext()
     with tracked as mlflow:
-        if not main:
-            pass
-        elif st.resumed:
+        if main and st.resumed:
             mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
             backfill(mlflow, st.history)
-        else:
+        elif main:
             logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
                       **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
                       "seed": params.seed, "device": str(device), "train_images": n,
