@@ -76,21 +76,27 @@ def project(tmp_path) -> Path:
     return tmp_path / "params.yaml"
 
 
-@pytest.fixture
-def prepared(project):
-    """The tiny project after fetch + prepare."""
+def prepare_project(root: Path, raw: dict | None = None):
+    """Write `raw` (default: the tiny params) to root/params.yaml, fetch + prepare its digits; the Params."""
     from dcganlab import paths
     from dcganlab.config import load_params
     from dcganlab.faces import CropSettings
     from dcganlab.prepare import prepare
     from dcganlab.sources import fetch
 
-    p = load_params(project)
+    write_params(root, raw if raw is not None else tiny_params())
+    p = load_params(root / "params.yaml")
     ds = p.datasets["digits"]
     fetch(ds, paths.raw_dir(p.root, "digits"), paths.downloads_dir(p.root))
     prepare(paths.raw_dir(p.root, "digits"), paths.processed_dir(p.root, "digits"), CropSettings.from_dataset(ds),
             ds.test_fraction, p.seed)
     return p
+
+
+@pytest.fixture
+def prepared(project):
+    """The tiny project after fetch + prepare."""
+    return prepare_project(project.parent)
 
 
 @pytest.fixture(scope="session")

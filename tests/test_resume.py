@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_params, write_params
+from conftest import prepare_project, tiny_params, write_params
 from dcganlab import paths
 from dcganlab.config import load_params
 
@@ -40,18 +40,8 @@ main()
 
 
 def _project(root: Path, **overrides):
-    from dcganlab.faces import CropSettings
-    from dcganlab.prepare import prepare
-    from dcganlab.sources import fetch
-
     raw = tiny_params(**{"experiments.tiny.epochs": EPOCHS, "train.checkpoint_every_steps": EVERY, **overrides})
-    write_params(root, raw)
-    p = load_params(root / "params.yaml")
-    ds = p.datasets["digits"]
-    fetch(ds, paths.raw_dir(root, "digits"), paths.downloads_dir(root))
-    prepare(paths.raw_dir(root, "digits"), paths.processed_dir(root, "digits"), CropSettings.from_dataset(ds),
-            ds.test_fraction, p.seed)
-    return p
+    return prepare_project(root, raw)
 
 
 def _start(root: Path, slow: float = 0.0) -> subprocess.Popen:

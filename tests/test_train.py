@@ -5,7 +5,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import tiny_params, write_params
+from conftest import prepare_project, tiny_params, write_params
 from dcganlab import paths
 from dcganlab.config import ExperimentParams, load_params
 from dcganlab.models import dcgan, dcgan_init
@@ -71,18 +71,8 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
 
 
 def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(tmp_path):
-    from dcganlab.faces import CropSettings
-    from dcganlab.prepare import prepare
-    from dcganlab.sources import fetch
-
     def setup(root, epochs):
-        write_params(root, tiny_params(**{"experiments.tiny.epochs": epochs}))
-        p = load_params(root / "params.yaml")
-        ds = p.datasets["digits"]
-        fetch(ds, paths.raw_dir(root, "digits"), paths.downloads_dir(root))
-        prepare(paths.raw_dir(root, "digits"), paths.processed_dir(root, "digits"), CropSettings.from_dataset(ds),
-                ds.test_fraction, p.seed)
-        return p
+        return prepare_project(root, tiny_params(**{"experiments.tiny.epochs": epochs}))
 
     straight = setup(tmp_path / "a", 2)
     train(straight, "tiny", progress=False)
