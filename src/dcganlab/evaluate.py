@@ -66,9 +66,11 @@ def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
 
 
-def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0) -> dict:
-    """FID and KID between two sets of images in [-1, 1] on `extractor` features."""
-    return fid_kid_features(embed(extractor, real, batch), embed(extractor, fake, batch), kid_subset, seed)
+def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0,
+            desc: str = "") -> dict:
+    """FID and KID between two sets of images in [-1, 1] on `extractor` features (progress under `desc`)."""
+    return fid_kid_features(embed(extractor, real, batch, desc and f"{desc} (real)"),
+                            embed(extractor, fake, batch, desc and f"{desc} (generated)"), kid_subset, seed)
 
 
 def reference(params: Params, dataset: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, str, dict]:
@@ -124,7 +126,8 @@ def evaluate(params: Params, name: str) -> dict:
     z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
     fake_labels = balanced_labels(n_fake, k)
     fake = generate(G, z, fake_labels)
-    real_f, fake_f = embed(extractor, real, ev.batch_size), embed(extractor, fake, ev.batch_size)
+    real_f = embed(extractor, real, ev.batch_size, f"evaluate {name}: features (real)")
+    fake_f = embed(extractor, fake, ev.batch_size, f"evaluate {name}: features (generated)")
     scores = fid_kid_features(real_f, fake_f, ev.kid_subset_size, params.seed)
     pr = precision_recall(real_f, fake_f, ev.pr_k)
 
@@ -161,7 +164,7 @@ def evaluate(params: Params, name: str) -> dict:
     inception_scores = None
     if inception is not None:  # the first inception_samples of the same real and generated images
         n_i = min(ev.inception_samples, n_real, n_fake)
-        s = fid_kid(inception, real[:n_i], fake[:n_i], ev.kid_subset_size, 50, params.seed)
+        s = fid_kid(inception, real[:n_i], fake[:n_i], ev.kid_subset_size, 50, params.seed, f"evaluate {name}: inception")
         inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
                             "n_fake": n_i, "n_real": n_i}
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from dcganlab.atomic import save_torch, write_json
 from dcganlab.config import ExtractorParams
 from dcganlab.errors import UserError
+from dcganlab.progress import progress
 
 
 class DomainNet(nn.Module):
@@ -79,7 +79,8 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
     net.train()
     for epoch in range(1, p.epochs + 1):
         perm = torch.randperm(len(x_train), generator=gen)
-        for i in tqdm(range(0, len(perm), p.batch_size), desc=f"extractor {dataset} {epoch}/{p.epochs}", leave=False, disable=None):
+        for i in progress(range(0, len(perm), p.batch_size), f"extractor {dataset} epoch {epoch}/{p.epochs}",
+                          unit="img", per_item=p.batch_size, after=(p.epochs - epoch) * -(-len(perm) // p.batch_size)):
             idx = perm[i: i + p.batch_size]
             if len(idx) < 2:
                 continue
@@ -125,9 +126,12 @@ def describe(info: dict) -> str:
 
 
 @torch.no_grad()
-def embed(net: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Features of images in [-1, 1], batch by batch."""
-    return torch.cat([net(images[i: i + batch]) for i in range(0, len(images), batch)])
+def embed(net: nn.Module, images: torch.Tensor, batch: int = 500, desc: str = "") -> torch.Tensor:
+    """Features of images in [-1, 1], batch by batch (with progress under `desc`, if given)."""
+    starts = range(0, len(images), batch)
+    if desc:
+        starts = progress(starts, desc, noun="batch", unit="img", per_item=batch)
+    return torch.cat([net(images[i: i + batch]) for i in starts])
 
 
 @torch.no_grad()

@@ -22,12 +22,12 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from dcganlab.atomic import atomic_dir, save_png, write_csv, write_json
 from dcganlab.errors import UserError
 from dcganlab.faces import CropSettings, process_image
 from dcganlab.paths import inside
+from dcganlab.progress import progress
 from dcganlab.sources import IGNORED_CSV, scan_folder, shown
 
 
@@ -43,13 +43,13 @@ def process_all(files: list[Path], s: CropSettings, workers: int = 1, desc: str 
     """process_image over `files`, in input order, on `workers` processes (spawned: a forked
     child can deadlock on locks held by OpenCV's or torch's threads in the parent)."""
     jobs = [(f, s) for f in files]
-    bar = dict(total=len(jobs), desc=desc, unit="img", disable=None)
+    bar = dict(total=len(jobs), noun="image", unit="img", leave=True)
     if workers <= 1:
-        return [_work(j) for j in tqdm(jobs, **bar)]
+        return [_work(j) for j in progress(jobs, desc, **bar)]
     # an executor, not a Pool: if a decoder kills its process, Pool.imap waits forever
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
         try:
-            return list(tqdm(pool.map(_work, jobs, chunksize=16), **bar))
+            return list(progress(pool.map(_work, jobs, chunksize=16), desc, **bar))
         except BrokenProcessPool:
             raise UserError(f"{desc}: a worker process died while decoding an image; rerun with "
                             f"workers=1 to see which file") from None

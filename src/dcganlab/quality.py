@@ -22,6 +22,7 @@ from dcganlab.config import Params
 from dcganlab.errors import UserError
 from dcganlab.evaluate import fid_kid_features, reference
 from dcganlab.extractor import embed, load_extractor
+from dcganlab.progress import progress
 from dcganlab.sample import balanced_labels
 from dcganlab.tracking import existing_run
 from dcganlab.train import generate, load_model, sample_noise
@@ -57,7 +58,7 @@ def quality(params: Params, name: str) -> pd.DataFrame:
     real_f = embed(extractor, real, ev.batch_size)
     wall = _wall_clock(state)
     rows = []
-    for epoch, path in files:
+    for epoch, path in progress(files, f"quality {name}", noun="epoch", unit="img", per_item=len(z)):
         G, _, meta = load_model(path)
         fake = generate(G, z, balanced_labels(len(z), meta["num_classes"]))
         s = fid_kid_features(real_f, embed(extractor, fake, ev.batch_size), ev.kid_subset_size, params.seed)

@@ -25,11 +25,11 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from dcganlab.atomic import atomic_dir
 from dcganlab.config import DatasetParams
 from dcganlab.errors import UserError
+from dcganlab.progress import progress
 
 IGNORED_CSV = "ignored.csv"  # folder source: entries left out, with why
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -257,7 +257,7 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
             if not files:
                 raise UserError(f"no image files in {folder} (looked for {', '.join(sorted(IMAGE_EXTS))})")
             files = files[: ds.limit or None]
-            for src in tqdm(files, desc=f"copy {shown(folder.name)}", unit="img", disable=None):
+            for src in progress(files, f"fetch: copy {shown(folder.name)}", noun="image", unit="img", leave=True):
                 rel = shown(src.relative_to(folder.resolve()).as_posix())
                 name = f"{len(rows):06d}{src.suffix.lower()}"
                 try:
@@ -277,11 +277,11 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
                 items = download_source(ds.source, downloads, ds.split)
             if isinstance(items, Path):  # CelebA: a folder of JPEGs
                 files = list_images(items)[: ds.limit or None]
-                for i, src in enumerate(tqdm(files, desc="copy celeba", unit="img", disable=None)):
+                for i, src in enumerate(progress(files, "fetch: copy celeba", noun="image", unit="img", leave=True)):
                     shutil.copyfile(src, images / f"{i:06d}.jpg")
                     rows.append({"file": f"images/{i:06d}.jpg", "label": "", "source": f"celeba/{src.name}"})
             else:
-                for i, (arr, label) in enumerate(tqdm(items, desc=f"write {ds.source}", unit="img", disable=None)):
+                for i, (arr, label) in enumerate(progress(items, f"fetch: write {ds.source}", noun="image", unit="img", leave=True)):
                     if ds.limit and i >= ds.limit:
                         break
                     name = f"images/{i:06d}.png"

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 from dcganlab import paths
 from dcganlab import distributed
@@ -36,6 +35,7 @@ from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import Params, as_dict
 from dcganlab.errors import UserError
 from dcganlab.models import DOut
+from dcganlab.progress import progress as progress_of
 from dcganlab.tracking import connect, redact_uri, training_run
 from dcganlab.resilience import (Diverged, GracefulStop, Interrupted, LoopState, Monitor, backfill,  # noqa: F401
                                  checkpoint_blob, epoch_metrics, finished_path, logged_already, resume)
@@ -343,8 +343,9 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
                 st.sums = torch.zeros(4, device=device)  # synced at checkpoints and epoch ends only
                 st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
             t0 = time.perf_counter()
-            for i in tqdm(range(st.step, steps), desc=f"{name} epoch {epoch}/{e.epochs}", leave=False,
-                          disable=None if progress and main else True):
+            for i in progress_of(range(st.step, steps), f"train {name} epoch {epoch}/{e.epochs}", steps,
+                                 initial=st.step, unit="img", per_item=global_batch,
+                                 after=(e.epochs - epoch) * steps, enabled=progress and main):
                 if stop_requested(i):
                     st.epoch_s += time.perf_counter() - t0
                     halt()
