@@ -174,8 +174,8 @@ def test_models_serve_answers_with_images_over_http(project):
     port = _free_port()
     log = open(p.root / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{_run_id(p.root, 'tinyc')}/generator",
-         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+         f"runs:/{_run_id(p.root, 'tinyc')}/generator", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
         cwd=p.root, env=_env(p.root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
@@ -191,13 +191,14 @@ def test_models_serve_answers_with_images_over_http(project):
             time.sleep(0.3)
         z = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
         labels = np.array([1, 5, 8])
-        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": {"z": z.tolist(), "labels": labels.tolist()}})
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, {"inputs": {"z": z.tolist(), "labels": labels.tolist()}})
         assert status == 200, body
         images = np.asarray(body["predictions"], dtype=np.float32)
         assert images.shape == (3, 1, 16, 16) and -1 <= images.min() and images.max() <= 1
         _, ours, _ = _predictions(p.root, "tinyc", z, labels)
         assert np.array_equal(images, ours)
-        status, body = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": {"z": z[:, :5].tolist(), "labels": [1, 2, 3]}})
+        status, body = _post(url, {"inputs": {"z": z[:, :5].tolist(), "labels": [1, 2, 3]}})
         assert status == 400 and "shape" in body["message"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -433,8 +433,9 @@ def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, reg
         weights, package = Path(tmp) / "generator.pt", Path(tmp) / "dcganlab"  # the package's sources, no caches
         torch.save(serving.generator_blob(G, e, channels, size, num_classes), weights)
         shutil.copytree(Path(serving.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-        mlflow.pyfunc.log_model(name="generator", python_model=serving.__file__, artifacts={serving.WEIGHTS: str(weights)},
-                                code_paths=[str(package)], signature=signature, input_example=example,
+        mlflow.pyfunc.log_model(name="generator", python_model=serving.__file__,
+                                artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
+                                signature=signature, input_example=example,
                                 pip_requirements=serving.requirements(), registered_model_name=registered_name)
 
 
