@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import prepare_project, tiny_params, write_params
+from conftest import prepare_project, tiny_params
 from dcganlab import paths
 from dcganlab.tracking import EXPERIMENT_KIND
 
@@ -121,6 +121,10 @@ def test_every_training_registers_one_version_and_a_rerun_registers_none(project
     train(p, "tiny", progress=False)  # a rerun after a complete training
     assert "nothing logged" in capsys.readouterr().out
     assert len(client.search_model_versions("name='tiny'")) == 1
+    # killed after registering but before finished.json was written: the rerun registers nothing either
+    (paths.state_dir(p.root, "tiny") / "finished.json").unlink()
+    train(p, "tiny", progress=False)
+    assert len(client.search_model_versions("name='tiny'")) == 1
     assert len(client.search_logged_models([client.get_run(_run_id(p.root, "tiny")).info.experiment_id])) == 2
 
 
@@ -139,17 +143,15 @@ def test_evaluate_tags_the_model_version_with_its_quality(project):
     assert "fid" not in mlflow.MlflowClient(_uri(p.root)).get_model_version("tinyc", "1").tags  # not evaluated
 
 
-def test_experiments_carry_the_kind_the_ui_opens_on_training_runs(project, tmp_path):
-    from dcganlab.config import load_params
+def test_experiments_carry_the_kind_the_ui_opens_on_training_runs(project):
     from dcganlab.tracking import _experiment_id, connect
 
     p, _ = project
     assert KIND == "custom_model_development"  # the UI's "Machine learning" kind
     # "digits" was created untagged (an older version): tagged when training next logged to it
     assert mlflow.MlflowClient(_uri(p.root)).get_experiment_by_name("digits").tags[KIND_KEY] == KIND
-    fresh = load_params(write_params(tmp_path, tiny_params()))
-    experiment_id = _experiment_id(connect(fresh), fresh, "faces")  # a new experiment: created with it
-    assert mlflow.MlflowClient(_uri(tmp_path)).get_experiment(experiment_id).tags[KIND_KEY] == KIND
+    experiment_id = _experiment_id(connect(p), p, "faces")  # a new experiment: created with it
+    assert mlflow.MlflowClient(_uri(p.root)).get_experiment(experiment_id).tags[KIND_KEY] == KIND
 
 
 # ---------------------------------------------------------------- `mlflow models serve`
