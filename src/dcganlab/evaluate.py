@@ -33,7 +33,7 @@ from dcganlab.inception import load_inception
 from dcganlab.metrics import (finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
                               per_class_accuracy, precision_recall)
 from dcganlab.sample import balanced_labels, nice_samples
-from dcganlab.tracking import existing_run
+from dcganlab.tracking import existing_run, tag_model_versions
 from dcganlab.train import generate, load_model, load_processed, sample_noise
 
 
@@ -211,4 +211,5 @@ def evaluate(params: Params, name: str) -> dict:
             mlflow.log_metrics(numbers)
             mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": n_fake, "eval.n_real": n_real,
                              "eval.reference_split": metrics["reference_split"], "eval.inception_status": status})
+            tag_model_versions(mlflow, {"fid": metrics["fid"], "kid": metrics["kid"], "extractor": metrics["extractor"]})
     return metrics

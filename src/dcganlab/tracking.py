@@ -73,14 +73,38 @@ def connect(params: Params):
     return mlflow
 
 
+# An experiment's kind for the MLflow UI: "custom_model_development" is the value its front end
+# writes when a user picks "Machine learning" (vs "GenAI apps & agents", `genai_development`): our
+# experiments hold training runs, not traces. MLflow 3.17's UI picks its view from a sidebar switch
+# (GenAI unless changed) rather than from this tag: README "MLflow" gives the link that opens runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(mlflow, params: Params, name: str) -> str:
+    key, kind = EXPERIMENT_KIND
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(key) != kind:  # created by an older version (untagged)
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, kind)
         return exp.experiment_id
     artifacts = None
     if tracking_uri(params).startswith("sqlite:"):
         artifacts = (params.root / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifacts)
+    return mlflow.create_experiment(name, artifact_location=artifacts, tags={key: kind})
+
+
+def model_versions(mlflow, run_id: str) -> list:
+    """The Model Registry versions of a training run's generator (one once the training finished)."""
+    return mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")
+
+
+def tag_model_versions(mlflow, tags: dict) -> None:
+    """Tag the registry versions of the active run's generator, so the registry shows each
+    version's quality (evaluate: FID, KID, extractor)."""
+    client = mlflow.MlflowClient()
+    for version in model_versions(mlflow, mlflow.active_run().info.run_id):
+        for key, value in tags.items():
+            client.set_model_version_tag(version.name, version.version, key, str(value))
 
 
 def run_file(state: Path) -> Path:

@@ -401,7 +401,7 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
         summary = _write_outputs(*outputs, st.history)
         mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
         if t.log_model:
-            _log_generator(mlflow, G, e, channels, size, num_classes)
+            _log_generator(mlflow, G, e, channels, size, num_classes, name)
         write_json(finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
     return summary
 
@@ -415,22 +415,29 @@ def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
     return blob
 
 
-def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int) -> None:
-    """The final generator as an MLflow model, in pt2 (torch.export) format: loading it
-    unpickles nothing. Conditional generators take (z, labels)."""
-    import mlflow.pytorch
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, registered_name: str) -> None:
+    """The final generator as an MLflow pyfunc model (serving.py, "models from code": its weights
+    are a tensor file, nothing is unpickled at load), registered as a new version of
+    `registered_name`. Input: z (N, z_dim) float32, plus labels (N,) int64 for conditional variants."""
+    import tempfile
 
-    z = sample_noise(2, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(0)).numpy()
-    inputs = [TensorSpec(np.dtype(np.float32), (-1, e.z_dim), "z")]
-    example = z
+    from dcganlab import serving
+    from dcganlab.tracking import model_versions
+
+    if model_versions(mlflow, mlflow.active_run().info.run_id):
+        return  # logged and registered by a process killed before it wrote finished.json
+    example = {"z": sample_noise(2, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(0)).numpy()}
     if num_classes:
-        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "labels"))
-        example = (z, np.arange(2, dtype=np.int64))
-    signature = ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size))]))
-    mlflow.pytorch.log_model(G.cpu().eval(), name="generator", signature=signature, input_example=example,
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        example["labels"] = np.arange(2, dtype=np.int64)
+    signature = serving.signature(e.z_dim, channels, size, bool(num_classes))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, package = Path(tmp) / "generator.pt", Path(tmp) / "dcganlab"  # the package's sources, no caches
+        torch.save(serving.generator_blob(G, e, channels, size, num_classes), weights)
+        shutil.copytree(Path(serving.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+        mlflow.pyfunc.log_model(name="generator", python_model=serving.__file__,
+                                artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
+                                signature=signature, input_example=example,
+                                pip_requirements=serving.requirements(), registered_model_name=registered_name)
 
 
 def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp, device, history) -> dict:

@@ -1,0 +1,94 @@
+"""serving: the trained generator as an MLflow pyfunc model ("models from code").
+
+MLflow runs this file when it loads the logged model (`mlflow.pyfunc.load_model`,
+`mlflow models serve`): nothing is cloudpickled. The weights travel as an artifact (a plain
+tensor dict, read with `torch.load(weights_only=True)`) and the dcganlab package as the
+model's `code_paths`, so any Python with the logged requirements can rebuild the generator.
+Only torch, numpy, pyyaml and the network definitions are imported here, which keeps the
+model's requirements short (see `requirements`).
+
+Input: z, float32 (N, z_dim), as an array or {"z": ...}; conditional generators also take
+{"labels": int64 (N,)}. Output: images, float32 (N, C, H, W) in [-1, 1].
+"""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel
+
+WEIGHTS = "generator"  # the artifact key of the weights file
+
+
+def requirements() -> list[str]:
+    """What this file imports, pinned to the running versions (torch without its +cuXXX/+cpu tag)."""
+    import yaml
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pyyaml=={yaml.__version__}"]
+
+
+def signature(z_dim: int, channels: int, size: int, conditional: bool):
+    """Named input tensors "z" (and "labels"), images out: what pyfunc validates every input against."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = [TensorSpec(np.dtype(np.float32), (-1, z_dim), "z")]
+    if conditional:
+        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "labels"))
+    return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size))]))
+
+
+def generator_blob(G, e, channels: int, size: int, num_classes: int) -> dict:
+    """The weights file: tensors and plain values only."""
+    from dataclasses import asdict
+
+    return {"state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()}, "experiment": asdict(e),
+            "channels": channels, "image_size": size, "num_classes": num_classes}
+
+
+def build_generator(blob: dict):
+    """The generator of a weights blob, in eval mode (BatchNorm running statistics)."""
+    from dcganlab.config import ExperimentParams
+    from dcganlab.variants import VARIANTS
+
+    e = ExperimentParams(**blob["experiment"])
+    G, _ = VARIANTS[e.variant].build(e, blob["channels"], blob["image_size"], blob["num_classes"])
+    G.load_state_dict(blob["state_dict"])
+    return G.eval()
+
+
+class GeneratorModel(PythonModel):
+    # pyfunc validates our input against the explicit signature (named tensors "z" and
+    # "labels"), which `predict` type hints cannot express (MLflow accepts list[...] hints only).
+    # Without this MLflow switch, defining the class (at logging and at every load) warns
+    # "Add type hints to the `predict` method", and no warnings filter can hide it.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        blob = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
+        self.G, self.num_classes = build_generator(blob), blob["num_classes"]
+
+    def predict(self, context, model_input, params=None):
+        z, labels = _unpack(model_input)
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        with torch.no_grad():
+            return self.G(z, self._labels(labels, len(z))).numpy()
+
+    def _labels(self, labels, n: int):
+        if not self.num_classes:
+            return None  # unconditional: labels, if given, are ignored
+        y = None if labels is None else np.asarray(labels).reshape(-1)
+        if y is None or len(y) != n or not np.isin(y, np.arange(self.num_classes)).all():
+            raise ValueError(f"this conditional generator needs 'labels': {n} integers in 0..{self.num_classes - 1}")
+        return torch.as_tensor(y.astype(np.int64))
+
+
+def _unpack(model_input) -> tuple:
+    """(z, labels or None) from an array or a mapping of named inputs (what pyfunc passes for a
+    signature of named tensors)."""
+    if isinstance(model_input, dict):
+        return model_input["z"], model_input.get("labels")
+    return model_input, None
+
+
+mlflow.models.set_model(GeneratorModel())
