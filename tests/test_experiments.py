@@ -135,7 +135,7 @@ def baseline(tmp_path_factory):
     raw["experiments"]["other"] = dict(raw["experiments"]["tiny"])
     work = tmp_path_factory.mktemp("baseline") / "project"
     env = git_project(work, raw)
-    _sh("dvc repro", work, env)
+    assert "WARNING" not in _sh("dvc repro", work, env)
     run_cmd(["git", "add", "-A"], work, env)
     run_cmd(["git", "commit", "-qm", "repro"], work, env)
     return work, env
@@ -172,7 +172,7 @@ def test_repro_leaves_git_clean_and_dvc_checkout_restores_every_output(project):
     for out in DVC_OUTPUTS:
         path = work / out
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    _sh("dvc checkout", work, env)
+    assert "WARNING" not in _sh("dvc checkout", work, env)
     assert _md5(work / "models/tiny/model.pt") == model
     assert (work / "models/tiny/train/checkpoint.pt").is_file() and (work / "reports/samples/other/grid.png").is_file()
     assert "up to date" in _sh("dvc status", work, env)
@@ -220,7 +220,7 @@ def test_temp_experiment_trains_one_more_epoch_and_exp_apply_restores_its_output
     shown = _exp_metrics(work, env, "longer")
     assert (shown["tiny"]["epochs"], shown["other"]["epochs"]) == (2, 1)
 
-    _sh("dvc exp apply longer", work, env)
+    assert "WARNING" not in _sh("dvc exp apply longer", work, env)
     assert _md5(work / "models/tiny/model.pt") != before["models/tiny/model.pt"]
     assert _md5(work / "reports/eval/tiny.json") != before["reports/eval/tiny.json"]
     assert _md5(work / "models/tiny/train/generators/epoch_0001.pt") == before["models/tiny/train/generators/epoch_0001.pt"]
