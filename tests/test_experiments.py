@@ -52,12 +52,11 @@ def test_preset_epochs_changes_only_the_epochs():
 
 
 def test_preset_printed_overrides_survive_shell_word_splitting(tmp_path):
-    """`$(...)` splits on whitespace and globs, but keeps quotes: each word must reach dvc as printed."""
-    for name in ("*", "?", "[a]", "a b"):  # files a glob in a word would match
-        (tmp_path / name).touch()
+    """`$(...)` splits on whitespace and globs, but keeps quotes: each word must reach dvc as printed
+    (an unquoted `$1` expands like `$(...)`; failglob makes a word with a glob character an error)."""
     for name in PRESETS:
         printed = CliRunner().invoke(app, ["preset", name]).output
-        words = subprocess.run(["bash", "-c", 'printf "%s\\n" $1', "_", printed], cwd=tmp_path,
+        words = subprocess.run(["bash", "-O", "failglob", "-c", 'printf "%s\\n" $1', "_", printed], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout.splitlines()
         assert words == overrides(name), name
 
