@@ -118,8 +118,8 @@ def test_impossible_combinations_are_rejected_before_training():
 def _apply(raw, args):
     import yaml
 
-    for value in args[1::2]:  # args: -S key=value -S key=value ...
-        path, _, text = value.partition("=")
+    for value in args[1::2]:  # args: -S ++key=value -S ++key=value ...
+        path, _, text = value.removeprefix("++").partition("=")
         node = raw
         *parents, last = path.split(".")
         for part in parents:

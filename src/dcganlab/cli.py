@@ -281,10 +281,12 @@ def variants() -> None:
 
 
 @app.command()
-def preset(name: Optional[str] = typer.Argument(None, help="preset name (default: list them)")) -> None:
+def preset(name: Optional[str] = typer.Argument(None, help="preset name (default: list them)"),
+           epochs: Optional[int] = typer.Option(None, "--epochs", help="train this many epochs instead")) -> None:
     """The seed papers' full settings. Without NAME, lists the presets; with NAME, prints the
-    `-S` overrides that add its dataset and experiment, for
-    `dvc exp run $(dcganlab preset NAME)`. Writes nothing."""
+    `-S ++key=value` overrides that add (or overwrite) its dataset and experiment, for
+    `dvc exp run $(dcganlab preset NAME)`; a further `-S key=value` after it changes any key.
+    Writes nothing."""
     def work():
         from dcganlab.presets import PRESETS, overrides
 
@@ -294,7 +296,9 @@ def preset(name: Optional[str] = typer.Argument(None, help="preset name (default
             return
         if name not in PRESETS:
             raise UserError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
-        typer.echo(" ".join(overrides(name)))
+        if epochs is not None and epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {epochs}")
+        typer.echo(" ".join(overrides(name, epochs)))
     _run(work)
 
 

@@ -6,10 +6,14 @@ prints them as `-S` overrides, so one command runs a paper's setting on real dat
     dvc exp run $(dcganlab preset resnet-exp8)
 
 (the preset's dataset must be downloadable, or for `folder` sources present at its path).
+Each override is `++key=value`: Hydra's "add or override", so it works whether params.yaml
+has the key yet or not, and two presets sharing a dataset can go on one command line. A
+plain `-S key=value` after the preset changes any of its keys (DVC applies them in order).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 
 from dcganlab.config import DatasetParams, ExperimentParams
 
@@ -72,18 +76,33 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _value(v) -> str:
+# `$(dcganlab preset NAME)` hands each word to dvc as-is only if the shell neither splits it
+# (whitespace) nor globs it (*?[]); Hydra would unquote or interpolate the rest of these.
+_UNSAFE = re.compile(r"[\s*?\[\]'\"\\$]")
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_./-]*")  # Hydra reads these unquoted as strings ...
+_KEYWORDS = {"true", "false", "null", "inf", "nan"}  # ... except these
+
+
+def _value(key: str, v) -> str:
+    """`v` as a Hydra override value that reads back as `v` and survives `$(...)` word splitting."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if v == "":
-        return "''"
-    return str(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if _UNSAFE.search(v):
+        raise ValueError(f"{key}={v!r}: whitespace, quotes, $ or glob characters cannot pass through $(...)")
+    if _PLAIN.fullmatch(v) and v.lower() not in _KEYWORDS:
+        return v
+    return f"'{v}'"  # '', 'true', '2020', 'a:b': the shell leaves quotes from $(...) alone, Hydra unquotes
 
 
-def overrides(name: str) -> list[str]:
-    """`-S key=value` arguments that add the preset's dataset and experiment to params.yaml."""
+def overrides(name: str, epochs: int | None = None) -> list[str]:
+    """`-S ++key=value` arguments that add (or overwrite) the preset's dataset and experiment in
+    params.yaml; `epochs` shortens the run."""
     preset = PRESETS[name]
     ds, e = preset.entries()
-    args = [f"datasets.{preset.dataset_name}.{k}={_value(v)}" for k, v in asdict(ds).items()]
-    args += [f"experiments.{name}.{k}={_value(v)}" for k, v in asdict(e).items()]
-    return [part for arg in args for part in ("-S", arg)]
+    if epochs is not None:
+        e = replace(e, epochs=epochs)
+    keys = [(f"datasets.{preset.dataset_name}.{k}", v) for k, v in asdict(ds).items()]
+    keys += [(f"experiments.{name}.{k}", v) for k, v in asdict(e).items()]
+    return [part for key, v in keys for part in ("-S", f"++{key}={_value(key, v)}")]
