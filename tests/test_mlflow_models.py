@@ -43,7 +43,8 @@ def project(tmp_path_factory):
     the real CLI in a subprocess (its stderr is kept), into an experiment "digits" that an older
     version created without the experiment-kind tag."""
     root = tmp_path_factory.mktemp("models")
-    raw = tiny_params(**{"train.log_model": True})
+    # the store named in params: it wins over any MLFLOW_TRACKING_URI an earlier test left in os.environ
+    raw = tiny_params(**{"train.log_model": True, "tracking.uri": _uri(root)})
     raw["experiments"]["tinyc"] = {**raw["experiments"]["tiny"], "variant": "cgan"}
     p = prepare_project(root, raw)
     mlflow.MlflowClient(_uri(root)).create_experiment("digits", artifact_location=(root / "mlartifacts").as_uri())
