@@ -43,7 +43,8 @@ def project(tmp_path_factory):
     the real CLI in a subprocess (its stderr is kept), into an experiment "digits" that an older
     version created without the experiment-kind tag."""
     root = tmp_path_factory.mktemp("models")
-    raw = tiny_params(**{"train.log_model": True})
+    # the store named in params: it wins over any MLFLOW_TRACKING_URI an earlier test left in os.environ
+    raw = tiny_params(**{"train.log_model": True, "tracking.uri": _uri(root)})
     raw["experiments"]["tinyc"] = {**raw["experiments"]["tiny"], "variant": "cgan"}
     p = prepare_project(root, raw)
     mlflow.MlflowClient(_uri(root)).create_experiment("digits", artifact_location=(root / "mlartifacts").as_uri())
@@ -203,10 +204,17 @@ def test_models_serve_answers_with_images_over_http(project):
         status, body = _post(url, {"inputs": {"z": z[:, :5].tolist(), "labels": [1, 2, 3]}})
         assert status == 400 and "shape" in body["message"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 10 s; it may have exited already."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
