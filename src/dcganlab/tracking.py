@@ -4,6 +4,10 @@ Default store: SQLite `mlflow.db` at the project root with artifacts in `mlartif
 `tracking.uri` in params.yaml or $MLFLOW_TRACKING_URI points at a server instead. Each DVC
 stage is its own process, so sample/evaluate reopen the training run by its id
 (models/<exp>/train/mlflow_run.json) instead of nesting.
+
+DVC experiments (`dvc exp run`, `--temp`, `--queue`): runs go to the launching project's store
+(`project_root`), never to the temporary copy DVC deletes afterwards; each run is tagged with
+its DVC experiment (`dvc_tags`) and belongs to that one experiment only (`belongs`).
 """
 from __future__ import annotations
 
@@ -15,9 +19,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from dcganlab import paths
 from dcganlab.atomic import write_json
 from dcganlab.config import Params
 from dcganlab.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no parallel-store lock
+    fcntl = None
 
 # No usage telemetry leaves this machine (MLflow 3 sends it by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -28,12 +38,59 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
+def _executor_base(path: Path) -> Path | None:
+    """The repository whose `.dvc/tmp/exps/` holds `path` (a DVC executor copy), else None."""
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return None
+
+
+def project_root(root: Path) -> Path:
+    """The project whose mlflow.db and mlartifacts/ hold the runs of the project at `root`.
+
+    `dvc exp run --temp` and queued experiments run their stages in a copy of the repository
+    under `<repo>/.dvc/tmp/exps/[standalone/]<tmp>/`, deleted afterwards. The copy is the
+    nearest folder above `root` holding a `.dvc/` folder, and lies inside `.dvc/tmp/exps/`; the
+    launching repository is $DVC_ROOT (DVC 3 sets it to the launching repository, not the copy,
+    for experiment stages) or, failing that, the folder above `.dvc/tmp/exps/`. The result keeps
+    `root`'s place inside the repository (a project in a subfolder of its git repository).
+    Anything else (a plain project, a workspace `dvc exp run`, `dvc repro`) is `root` itself."""
+    root = root.resolve()
+    copy = next((p for p in (root, *root.parents) if (p / ".dvc").is_dir()), None)
+    base = _executor_base(copy) if copy is not None else None
+    if base is None:
+        return root
+    dvc_root = Path(os.environ.get("DVC_ROOT") or copy).resolve()
+    if _executor_base(dvc_root) is None:  # DVC_ROOT names the launching repository (DVC 3)
+        base = dvc_root
+    return base / root.relative_to(copy)
+
+
 def tracking_uri(params: Params) -> str:
     if params.tracking.uri:
         return params.tracking.uri
     if _ENV_URI:
         return _ENV_URI
-    return f"sqlite:///{(params.root / 'mlflow.db').resolve().as_posix()}"
+    return f"sqlite:///{(project_root(params.root) / 'mlflow.db').as_posix()}"
+
+
+DVC_TAGS = {"dvc_exp_name": "DVC_EXP_NAME", "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV"}
+
+
+def dvc_tags() -> dict:
+    """This process's DVC experiment as MLflow tags (DVC sets both variables for the stages of
+    every `dvc exp run`: workspace, --temp, queued); {} outside an experiment (`dvc repro`, CLI)."""
+    tags = {tag: os.environ.get(var, "") for tag, var in DVC_TAGS.items()}
+    return tags if tags["dvc_exp_name"] else {}
+
+
+def belongs(run_tags: dict, dvc: dict) -> bool:
+    """Whether a saved run may be reopened: always outside a DVC experiment (today's resume);
+    inside one only if the run was made by this same experiment (name and baseline), so an
+    experiment never writes into its baseline's run or another experiment's."""
+    return not dvc or all(run_tags.get(tag) == value for tag, value in dvc.items())
 
 
 _SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:token|password|passwd|secret|key|auth|signature)[^=&#]*=)[^&#]*", re.I)
@@ -54,6 +111,25 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time creates an SQLite store's tables and experiments: two queued
+    experiments (`dvc queue start -j 2`) creating a new mlflow.db at once failed in MLflow's
+    schema migration. A lock on the database's folder (nothing left behind); writes after that
+    wait on SQLite's own busy timeout (MLflow sets 20 s)."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def connect(params: Params):
     """Set the tracking URI and check the store answers, before any training starts."""
     import mlflow
@@ -62,6 +138,9 @@ def connect(params: Params):
     if redact_uri(uri) != uri:  # MLflow prints "View run ... at: <uri>" for servers: not with credentials in it
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:"):
+        with _store_lock(uri):  # creates the tables of a new store
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -89,7 +168,7 @@ def _experiment_id(mlflow, params: Params, name: str) -> str:
         return exp.experiment_id
     artifacts = None
     if tracking_uri(params).startswith("sqlite:"):
-        artifacts = (params.root / "mlartifacts").resolve().as_uri()
+        artifacts = (project_root(params.root) / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=artifacts, tags={key: kind})
 
 
@@ -111,28 +190,53 @@ def run_file(state: Path) -> Path:
     return state / "mlflow_run.json"
 
 
-def saved_run_id(mlflow, state: Path) -> str | None:
-    """The experiment's run id from its state dir, if that run exists in the current store."""
+def _saved_run(mlflow, state: Path) -> tuple:
+    """(the run id in the state dir or None, that run if the current store has it or None)."""
     if not run_file(state).is_file():
-        return None
+        return None, None
     run_id = json.loads(run_file(state).read_text())["run_id"]
     try:
-        mlflow.get_run(run_id)
+        return run_id, mlflow.get_run(run_id)
     except Exception:
-        return None  # a different tracking store
-    return run_id
+        return run_id, None  # a different tracking store
+
+
+def saved_run_id(mlflow, state: Path) -> str | None:
+    """The experiment's run id from its state dir, if that run exists in the current store."""
+    run_id, run = _saved_run(mlflow, state)
+    return run_id if run is not None else None
+
+
+def _dataset_experiment(mlflow, params: Params, dataset: str) -> str:
+    """The dataset's MLflow experiment, made once even when parallel stages ask at the same time."""
+    with _store_lock(tracking_uri(params)):
+        try:
+            return _experiment_id(mlflow, params, dataset)
+        except mlflow.exceptions.MlflowException:  # made by a parallel stage (on a server) since we looked
+            return _experiment_id(mlflow, params, dataset)
+
+
+def _run_tags(params: Params, experiment: str, dataset: str, variant: str, previous: str | None) -> dict:
+    tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root),
+            **dvc_tags()}
+    if previous:  # the run this one continues: the checkpoint's (training) or the model's (other stages)
+        tags["continued_from"] = previous
+    return tags
 
 
 @contextmanager
 def training_run(params: Params, experiment: str, dataset: str, variant: str, state: Path) -> Iterator:
-    """Start the experiment's run, or continue it when the state dir holds its id (resume)."""
+    """Start the experiment's run, or continue it when the state dir holds its id (resume) and
+    the run `belongs` here. A DVC experiment resuming its baseline's checkpoint (raised `epochs`)
+    starts its own run instead, tagged `continued_from` (train.py back-fills the history)."""
     mlflow = connect(params)
-    run_id = saved_run_id(mlflow, state)
-    if run_id:
+    run_id, saved = _saved_run(mlflow, state)
+    if saved is not None and belongs(saved.data.tags, dvc_tags()):
         run = mlflow.start_run(run_id=run_id)
     else:
-        tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root)}
-        run = mlflow.start_run(experiment_id=_experiment_id(mlflow, params, dataset), run_name=experiment, tags=tags)
+        tags = _run_tags(params, experiment, dataset, variant, run_id)
+        run = mlflow.start_run(experiment_id=_dataset_experiment(mlflow, params, dataset), run_name=experiment,
+                               tags=tags)
         write_json(run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     try:
         yield mlflow
@@ -151,13 +255,40 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
         mlflow.end_run(status="FINISHED")
 
 
+def _experiment_run(mlflow, params: Params, state: Path, run_id: str | None, saved) -> str:
+    """This DVC experiment's run of the training experiment whose state dir is `state`: the one
+    with its tags, else a new one (params copied from the run the model came from)."""
+    from mlflow.entities import Param
+
+    name = next((n for n in params.experiments if paths.state_dir(params.root, n) == state), state.parent.name)
+    e = params.experiment(name)
+    exp_id = _dataset_experiment(mlflow, params, e.dataset)
+    dvc = dvc_tags()
+    for run in mlflow.search_runs([exp_id], filter_string=f"tags.experiment = '{name}'", output_format="list",
+                                  order_by=["attributes.start_time DESC"]):
+        if all(run.data.tags.get(tag) == value for tag, value in dvc.items()):
+            return run.info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp_id, tags=_run_tags(params, name, e.dataset, e.variant, run_id), run_name=name)
+    copied = [Param(k, v) for k, v in (saved.data.params if saved is not None else {}).items()]
+    for i in range(0, len(copied), 100):  # MLflow's log_batch limit
+        client.log_batch(run.info.run_id, params=copied[i: i + 100])
+    return run.info.run_id
+
+
 @contextmanager
 def existing_run(params: Params, state: Path) -> Iterator:
-    """Reopen the training run of an experiment (sample / evaluate stages); None if there is none."""
+    """Reopen the training run of an experiment (sample / evaluate / quality stages); None if
+    there is none. In a DVC experiment whose training did not rerun, the state dir names the
+    baseline's run: the stage logs into this DVC experiment's own run instead (`_experiment_run`)."""
     mlflow = connect(params)
-    run_id = saved_run_id(mlflow, state)
-    if run_id is None:
+    run_id, saved = _saved_run(mlflow, state)
+    if saved is not None and belongs(saved.data.tags, dvc_tags()):
+        chosen = run_id
+    else:
+        chosen = _experiment_run(mlflow, params, state, run_id, saved) if dvc_tags() else None
+    if chosen is None:
         yield None
         return
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=chosen):
         yield mlflow

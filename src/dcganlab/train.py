@@ -324,8 +324,8 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
     with tracked as mlflow:
         if main and st.resumed:
             mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
-            backfill(mlflow, st.history)
-        elif main:
+            backfill(mlflow, st.history)  # a new run continuing another's checkpoint: the whole history
+        if main and not mlflow.active_run().data.params:  # a new run (not a reopened one)
             logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
                       **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
                       "seed": params.seed, "device": str(device), "train_images": n,
