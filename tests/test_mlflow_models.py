@@ -218,3 +218,33 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+# ---------------------------------------------------------------- `dcganlab ui`
+@pytest.mark.slow
+def test_ui_serves_the_project_store_and_links_open_on_training_runs(project):
+    """MLflow 3.17's UI ignores the experiment kind tag and opens on GenAI traces; `dcganlab ui`
+    prints links that name the training view, and the server it starts answers with our runs."""
+    p, _ = project
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dcganlab", "ui", "-p", str(p.root / "params.yaml"),
+                             "--port", str(port)], cwd=p.root, env=_env(p.root), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        digits = mlflow.MlflowClient(_uri(p.root)).get_experiment_by_name("digits").experiment_id
+        line = proc.stdout.readline()  # one line per experiment, by name
+        assert line.strip() == f"digits: http://127.0.0.1:{port}/#/experiments/{digits}?workflowType=machine_learning"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.3)
+        status, body = _post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", {"experiment_ids": [digits]})
+        assert status == 200 and {r["info"]["run_name"] for r in body["runs"]} >= {"tiny", "tinyc"}
+    finally:
+        _stop(proc)

@@ -302,6 +302,26 @@ def preset(name: Optional[str] = typer.Argument(None, help="preset name (default
     _run(work)
 
 
+@app.command()
+def ui(params: Path = ParamsOpt,
+       host: str = typer.Option("127.0.0.1", help="address to listen on (loopback: only this machine)"),
+       port: int = typer.Option(5000, help="port")) -> None:
+    """Serve this project's MLflow store with `mlflow server` and print, for each experiment, the
+    link that opens it on its training runs (MLflow 3.17's UI opens on its GenAI view unless the
+    link says workflowType=machine_learning). With a tracking server configured, prints its links."""
+    def work():
+        from dcganlab.tracking import ui_command, ui_links
+
+        p = _params(params)
+        command, base = ui_command(p, host, port)
+        for line in ui_links(p, base):
+            typer.echo(line)
+        if command:
+            sys.stdout.flush()
+            os.execvp(command[0], command)  # the server replaces us: Ctrl-C stops it
+    _run(work)
+
+
 def main() -> None:
     app(prog_name="dcganlab")
 

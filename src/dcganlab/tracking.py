@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -170,6 +171,31 @@ def _experiment_id(mlflow, params: Params, name: str) -> str:
     if tracking_uri(params).startswith("sqlite:"):
         artifacts = (project_root(params.root) / "mlartifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=artifacts, tags={key: kind})
+
+
+def ui_command(params: Params, host: str, port: int) -> tuple[list[str] | None, str]:
+    """(`mlflow server` command line for the project's SQLite store, or None when a tracking
+    server is configured; the UI's base URL)."""
+    uri = tracking_uri(params)
+    if uri.startswith(("http://", "https://")):
+        return None, uri.rstrip("/")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+               "--port", str(port)]
+    return command, f"http://{host}:{port}"
+
+
+def ui_links(params: Params, base: str) -> list[str]:
+    """One line per MLflow experiment of the store: its name and the link that opens it on its
+    training runs (`?workflowType=machine_learning`: MLflow 3.17's UI ignores the experiment's
+    `mlflow.experimentKind` tag and opens on GenAI traces unless told)."""
+    import mlflow
+
+    connect(params)
+    experiments = sorted((e for e in mlflow.search_experiments() if e.name != "Default"), key=lambda e: e.name)
+    if not experiments:
+        return [f"MLflow UI: {redact_uri(base)}/ (no experiments yet: run `dvc repro` or `dcganlab train`)"]
+    return [f"{e.name}: {redact_uri(base)}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
+            for e in experiments]
 
 
 def model_versions(mlflow, run_id: str) -> list:
