@@ -33,6 +33,8 @@ except ImportError:  # Windows: no parallel-store lock
 # No usage telemetry leaves this machine (MLflow 3 sends it by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# no tqdm bars of artifact downloads in DVC logs (sample, evaluate and serving load models)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 # Read once at start-up: mlflow.set_tracking_uri() writes this variable itself.
