@@ -222,7 +222,7 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
 
     t = params.train
     device = distributed.init(world, pick_device(t.device))
-    accel = resolve(t.amp, t.channels_last, t.compile, device)
+    accel = resolve(t.amp, t.channels_last, t.compile, device, e.variant)
     main = world.main  # only rank 0 writes files, prints progress and talks to MLflow
     train_mask = data["split"] == 0
     images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
