@@ -119,3 +119,11 @@ def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
     assert p["cores"] >= 1 and p["ghz"] > 0 and p["bf16_flop_per_cycle"] >= p["fp32_flop_per_cycle"] >= 16
     assert math.isclose(p["fp32_gflops"], round(p["cores"] * p["ghz"] * p["fp32_flop_per_cycle"], 1))
     assert math.isclose(mfu(1e9, 10.0, 100.0), 0.1)
+
+
+def test_classic_script_rejects_a_folder_without_images(tmp_path):
+    from dcganlab.classic_loop import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "missing"), "--outf", str(tmp_path / "out")])
+    assert "holds no class folders of PNG files" in str(stop.value.code)

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=0.0002)
     ap.add_argument("--beta1", type=float, default=0.5)
     a = ap.parse_args(argv)
+    if not a.dataroot.is_dir() or not any(a.dataroot.glob("*/*.png")):
+        raise SystemExit(f"error: {a.dataroot} holds no class folders of PNG files (ImageFolder layout)")
 
     import torchvision.utils as vutils
     from torch.utils.data import DataLoader
