@@ -2,6 +2,7 @@
 import json
 import math
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -16,7 +17,7 @@ def _positive(x) -> bool:
 def test_bench_writes_every_measurement(prepared):
     out = prepared.root / "reports" / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--steps", "2", "--warmup", "1", "--photos", "12",
-                                      "--eval-samples", "40", "-p", str(prepared.root / "params.yaml")])
+                                      "--eval-samples", "40", "--process-repeats", "0", "-p", str(prepared.root / "params.yaml")])
     assert result.exit_code == 0, result.output
     assert "train_speedup_vs_reference" in result.output and "prepare_scaling_2_workers" in result.output
     r = json.loads(out.read_text())
@@ -24,7 +25,9 @@ def test_bench_writes_every_measurement(prepared):
 
     assert r["baseline"] == "tiny" and r["data"]["digits"] == "data/processed/digits"  # the project's own data
     assert {"cpu", "cpu_count", "torch", "torch_threads"} <= set(r["machine"])
-    assert r["settings"] == {"warmup": 1, "steps": 2, "profile_steps": 10, "photos": 12, "eval_samples": 40, "repeats": 5}
+    assert r["settings"] == {"warmup": 1, "steps": 2, "profile_steps": 10, "photos": 12, "eval_samples": 40, "repeats": 5,
+                             "process_repeats": 0, "process_images": 2048}
+    assert "whole_process" not in r and r["cpu_peak"]["fp32_gflops"] > 0  # --process-repeats 0 skips it
     measured = [r["train"]["tiny"], r["reference"], r["evaluate"], *(r["prepare"][k] for k in
                                                                      ("1_worker", "2_workers", "in_process_default"))]
     for m in measured:
@@ -72,3 +75,55 @@ def test_profiling_a_step_restores_backward_and_optimizers(prepared):
     x = torch.zeros(1, requires_grad=True)
     (x * 2).sum().backward()  # still the real backward
     assert x.grad.item() == 2
+
+
+@pytest.mark.slow
+def test_whole_process_comparison_runs_both_sides_alternating(prepared, tmp_path):
+    """dcganlab train and the classic script, each a fresh process, on the same tiny setting."""
+    from dcganlab.bench_classic import Setting, compare
+
+    prepared.train.amp = prepared.train.channels_last = "off"  # fp32 both sides: the MFU peaks match
+    seen: list[str] = []
+    w = compare(prepared, Setting("tiny", 16, 1, 4, 8, 32), tmp_path, repeats=2, log=seen.append)
+    assert [m.split()[2] for m in seen if m.startswith("bench: tiny ")] == ["classic", "dcganlab"] * 2  # alternating
+    assert w["setting"] == {"name": "tiny", "image_size": 16, "channels": 1, "width": 4, "batch_size": 8, "images": 32}
+    assert _positive(w["new_store_s"])
+    for side in ("classic", "dcganlab"):
+        m = w[side]
+        assert len(m["runs"]) == 2 and m["precision"] == "fp32"
+        assert all(r["load_average"] >= 0 for r in m["runs"])
+        assert m["wall_s"] in [r["wall_s"] for r in m["runs"]]  # a median of real runs
+        assert all(_positive(r["peak_rss_mb"]) and _positive(r["loop_images_per_s"]) for r in m["runs"])
+        assert 0 < m["mfu"] < 1
+    assert math.isclose(w["wall_speedup"], w["classic"]["wall_s"] / w["dcganlab"]["wall_s"])
+    # the same images on both sides: 32 PNG files, and the prepared array dcganlab trains on
+    assert len(list((tmp_path / "tiny" / "png").rglob("*.png"))) == 32
+    assert (tmp_path / "tiny" / "mlflow.db").is_file()  # made (and timed) once; the timed runs reuse it
+
+
+def test_flops_per_image_counts_the_dcgan_step(tmp_path, prepared):
+    """FlopCounterMode over one step: the DCGAN's convolutions, forward + backward, per image."""
+    from dcganlab.bench_classic import flops_per_image, make_project, Setting
+
+    params_file = make_project(prepared, Setting("t", 16, 1, 4, 8, 16), tmp_path)
+    f = flops_per_image(params_file)
+    small = f["flops_per_image"]
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("ngf: 4", "ngf: 8"))
+    assert flops_per_image(params_file)["flops_per_image"] > small > 0  # a wider G costs more
+
+
+def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
+    from dcganlab.bench_classic import cpu_peak, mfu
+
+    p = cpu_peak()
+    assert p["cores"] >= 1 and p["ghz"] > 0 and p["bf16_flop_per_cycle"] >= p["fp32_flop_per_cycle"] >= 16
+    assert math.isclose(p["fp32_gflops"], round(p["cores"] * p["ghz"] * p["fp32_flop_per_cycle"], 1))
+    assert math.isclose(mfu(1e9, 10.0, 100.0), 0.1)
+
+
+def test_classic_script_rejects_a_folder_without_images(tmp_path):
+    from dcganlab.classic_loop import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "missing"), "--outf", str(tmp_path / "out")])
+    assert "holds no class folders of PNG files" in str(stop.value.code)

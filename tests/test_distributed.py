@@ -37,11 +37,41 @@ def _step_results(amp: str, channels_last: str, compile_: bool, steps: int = 2) 
     return out
 
 
-def test_auto_settings_are_plain_fp32_on_cpu():
-    a = resolve("auto", "auto", False, torch.device("cpu"))
+def test_auto_is_bf16_and_channels_last_on_a_cpu_with_native_bf16():
+    cpu = torch.device("cpu")
+    a = resolve("auto", "auto", False, cpu, "dcgan", native_bf16=True)
+    assert (a.amp, a.channels_last, a.compile) == ("bf16", True, False)
+    assert not a.scaler().is_enabled()  # bf16 has fp32's range: no loss scaling
+
+
+def test_auto_is_plain_fp32_on_a_cpu_without_native_bf16():
+    a = resolve("auto", "auto", False, torch.device("cpu"), "dcgan", native_bf16=False)
     assert (a.amp, a.channels_last, a.compile) == ("off", False, False)
-    assert not a.scaler().is_enabled()
     assert resolve("fp16", "on", False, torch.device("cpu")).scaler().is_enabled()  # fp16 always scales
+
+
+def test_auto_keeps_fp32_for_variants_bf16_hurts(monkeypatch):
+    from dcganlab import accel
+
+    monkeypatch.setattr(accel, "FP32_VARIANTS", frozenset({"cartoon-128"}))
+    assert resolve("auto", "auto", False, torch.device("cpu"), "cartoon-128", native_bf16=True).amp == "off"
+    assert resolve("auto", "auto", False, torch.device("cpu"), "dcgan", native_bf16=True).amp == "bf16"
+
+
+def test_explicit_settings_win_over_auto():
+    a = resolve("off", "off", False, torch.device("cpu"), "dcgan", native_bf16=True)
+    assert (a.amp, a.channels_last) == ("off", False)
+    assert resolve("bf16", "auto", False, torch.device("cpu"), native_bf16=False).channels_last
+
+
+def test_native_bf16_check_asks_torch_not_the_cpu_name(monkeypatch):
+    from dcganlab.accel import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_native_bf16()
 
 
 @pytest.mark.parametrize("amp,channels_last", [("bf16", "on"), ("fp16", "off"), ("off", "on")])

@@ -112,3 +112,19 @@ def test_experiment_params_round_trip_through_the_generator_file(prepared):
     train(prepared, "tiny", progress=False)
     _, _, meta = load_model(paths.model_path(prepared.root, "tiny"))
     assert meta["experiment"] == ExperimentParams(**tiny_params()["experiments"]["tiny"])
+
+
+def test_grid_matches_torchvision_make_grid_pixel_for_pixel():
+    """to_grid draws what make_grid drew before (train no longer imports torchvision)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from dcganlab.train import to_grid
+
+    gen = torch.Generator().manual_seed(0)
+    for n, c, size, nrow in [(64, 1, 16, 8), (10, 3, 8, 8), (3, 3, 8, 2), (1, 1, 8, 8)]:
+        x = torch.rand(n, c, size, size, generator=gen) * 2.4 - 1.2  # beyond [-1, 1]: clamped
+        grid = make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+        want = Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy())
+        assert np.array_equal(np.asarray(to_grid(x, nrow)), np.asarray(want)), (n, c, size, nrow)

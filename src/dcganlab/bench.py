@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -47,10 +47,12 @@ class BenchSettings:
     photos: int = 2000         # prepare: LFW-subset photos (the 200 repeated) per worker count
     eval_samples: int = 1000   # evaluate: generated (and real) samples
     repeats: int = 5           # timed training repeats; the median one is reported (robust to a busy machine)
+    process_repeats: int = 3   # whole-process runs of each side per setting (alternating; median; 0 = skip)
+    process_images: int = 2048  # real digits each whole-process run trains one epoch on
 
 
 QUICK = BenchSettings()
-LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000)
+LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000, process_repeats=5)
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -167,9 +169,13 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
     """train.py's epoch body: uint8 on the device, index + scale per batch, train_step, one sync."""
     import torch
 
+    from dcganlab.accel import resolve
     from dcganlab.train import train_step
 
     e, images, labels, k, G, D, opt_g, opt_d = _setup(params, name, Path(folder), device)
+    t = params.train
+    accel = resolve(t.amp, t.channels_last, False, torch.device(device), e.variant)  # as train.py runs it
+    G, D = accel.prepare(G), accel.prepare(D)
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(labels).to(device)
     n, batch = len(x), min(e.batch_size, len(x))
@@ -184,7 +190,7 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
             perm = torch.randperm(n, generator=order).to(device)
         idx = perm[i * batch: (i + 1) * batch]
         real = x[idx].float().div_(127.5).sub_(1.0)
-        return train_step(G, D, opt_g, opt_d, e, real, y[idx] if k else None, k)
+        return train_step(G, D, opt_g, opt_d, e, real, y[idx] if k else None, k, accel)
 
     def run(steps: int) -> float:
         sums = torch.zeros(4, device=device)
@@ -197,7 +203,8 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
     run(s.warmup)
     seconds = [run(s.steps) for _ in range(s.repeats)]
     out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
-           "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps,
+           "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps, "amp": accel.amp,
+           "channels_last": accel.channels_last,
            **_rates(seconds, s.steps, batch)}
     if device.startswith("cuda"):
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -398,6 +405,15 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         result["train_speedup_vs_reference"] = result["train"][baseline]["images_per_s"] / ref["images_per_s"]
         result["step_overhead_fraction"] = result["step_profile"]["step_overhead_fraction"]
 
+        from dcganlab.bench_classic import CLASSIC, compare, cpu_peak, default_setting
+
+        result["cpu_peak"] = cpu_peak()
+        if s.process_repeats:
+            result["whole_process"] = {
+                setting.name: compare(params, setting, work / "whole", s.process_repeats, log)
+                for setting in (replace(CLASSIC, images=s.process_images),
+                                default_setting(params, baseline, s.process_images))}
+
         log("bench: prepare (Haar face detection)")
         from dcganlab.faces import CropSettings
         from dcganlab.sources import fetch
@@ -452,5 +468,14 @@ def table(r: dict) -> str:
         ("prepare 2 workers vs in-process default", f"{r['prepare_2_workers_vs_in_process']:.2f}x", ""),
         ("evaluate per 1000 samples", f"{ev['seconds_per_1000_samples']:.2f} s", _mb(ev)),
     ]
+    for name, w in r.get("whole_process", {}).items():
+        ours, classic = w["dcganlab"], w["classic"]
+        rows += [(f"whole process, {name} setting: classic script", f"{classic['wall_s']:.1f} s", f"{classic['peak_rss_mb']:.0f} MB"),
+                 (f"whole process, {name} setting: dcganlab train", f"{ours['wall_s']:.1f} s", f"{ours['peak_rss_mb']:.0f} MB"),
+                 (f"  {name}: dcganlab speed-up (whole process / loop)", f"{w['wall_speedup']:.2f}x / {w['loop_speedup']:.2f}x", ""),
+                 (f"  {name}: loop img/s classic / dcganlab ({ours['precision']})",
+                  f"{classic['loop_images_per_s']:.0f} / {ours['loop_images_per_s']:.0f}", ""),
+                 (f"  {name}: MFU classic / dcganlab ({w['flops']['flops_per_image'] / 1e9:.2f} GFLOP per image)",
+                  f"{100 * classic['mfu']:.1f}% / {100 * ours['mfu']:.1f}%", "")]
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>12}  {c:>8}" for a, b, c in rows)
