@@ -78,8 +78,8 @@ class TrainParams:
     collapse_real: float = 0.99  # discriminator collapse: D(x) above this ...
     collapse_fake: float = 0.01  # ... and D(G(z)) below this ...
     collapse_steps: int = 100    # ... for this many consecutive steps is flagged (0 = never)
-    amp: str = "auto"            # mixed precision: auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16 (+ GradScaler)
-    channels_last: str = "auto"  # memory format: auto (on for CUDA) | on | off
+    amp: str = "auto"            # mixed precision: auto (bf16 on CUDA and on CPUs with native bf16, else off) | off | bf16 | fp16 (+ GradScaler)
+    channels_last: str = "auto"  # memory format: auto (on for CUDA and with CPU bf16) | on | off
     compile: bool = False        # torch.compile the networks for the training step
 
 
