@@ -164,3 +164,31 @@ def git_project(work: Path, raw: dict) -> dict:
     run_cmd(["git", "add", "-A"], work, env)
     run_cmd(["git", "commit", "-qm", "tiny"], work, env)
     return env
+
+
+@pytest.fixture(scope="session")
+def dvc_baseline(tmp_path_factory):
+    """One committed tiny project after a full `dvc repro`, shared by the end-to-end tests (each
+    works on its own `copy_project`): digits experiments `tiny` and `other` (1 epoch, 120 digits
+    at 16x16) and a `faces` dataset of 30 Haar-cropped LFW photos. (root, env, repro output)."""
+    raw = tiny_params()
+    raw["experiments"]["other"] = dict(raw["experiments"]["tiny"])
+    raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "limit": 30,
+                                "detect_faces": True, "channels": 3}
+    work = tmp_path_factory.mktemp("baseline") / "project"
+    env = git_project(work, raw)
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"):
+        env.pop(var, None)
+    (work / "dvc.lock").unlink()  # the repository's lock describes the default run, not this one
+    out = run_cmd([sys.executable, "-m", "dvc", "repro"], work, env)
+    run_cmd(["git", "add", "-A"], work, env)
+    run_cmd(["git", "commit", "-qm", "repro"], work, env)
+    return work, env, out
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """A private copy of a project (git history and DVC cache included, DVC's tmp/ state left out).
+    Its MLflow experiments still keep their artifacts under `src`."""
+    skip_dvc_tmp = lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else []  # state db, locks
+    shutil.copytree(src, dest, symlinks=True, ignore=skip_dvc_tmp)
+    return dest

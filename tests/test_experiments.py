@@ -15,7 +15,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from typer.testing import CliRunner
 
-from conftest import ROOT, git_project, run_cmd, tiny_params
+from conftest import ROOT, copy_project, run_cmd, tiny_params
 from dcganlab.cli import app
 from dcganlab.presets import PRESETS, Preset, overrides
 
@@ -127,27 +127,12 @@ def _exp_metrics(work: Path, env: dict, name: str) -> dict:
     raise AssertionError(f"dvc exp show has no experiment {name}")
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """A committed project after `dvc repro`: two 1-epoch experiments on 120 digits."""
-    raw = tiny_params()
-    raw["experiments"]["other"] = dict(raw["experiments"]["tiny"])
-    work = tmp_path_factory.mktemp("baseline") / "project"
-    env = git_project(work, raw)
-    assert "WARNING" not in _sh("dvc repro", work, env)
-    run_cmd(["git", "add", "-A"], work, env)
-    run_cmd(["git", "commit", "-qm", "repro"], work, env)
-    return work, env
-
-
 @pytest.fixture
-def project(baseline, tmp_path):
-    """A private copy of the committed baseline (git history and DVC cache included)."""
-    src, env = baseline
-    work = tmp_path / "project"
-    skip_dvc_tmp = lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else []  # state db, locks
-    shutil.copytree(src, work, symlinks=True, ignore=skip_dvc_tmp)
-    return work, env
+def project(dvc_baseline, tmp_path):
+    """A private copy of the committed baseline (conftest.dvc_baseline: experiments tiny + other)."""
+    src, env, out = dvc_baseline
+    assert "WARNING" not in out
+    return copy_project(src, tmp_path / "project"), env
 
 
 def _write_mnist_download(work: Path, n: int = 200) -> None:
@@ -209,8 +194,8 @@ def test_temp_experiment_trains_one_more_epoch_and_exp_apply_restores_its_output
     out = _sh("dvc exp run --temp -n longer -S experiments.tiny.epochs=2", work, env)
 
     assert set(RUNNING.findall(out)) == {"train@tiny", "sample@tiny", "evaluate@tiny", "quality@tiny", "report"}
-    assert {"fetch@digits", "prepare@digits", "extractor@digits", "train@other", "sample@other",
-            "evaluate@other", "quality@other"} == set(SKIPPED.findall(out))
+    assert {"fetch@digits", "prepare@digits", "extractor@digits", "fetch@faces", "prepare@faces", "extractor@faces",
+            "train@other", "sample@other", "evaluate@other", "quality@other"} == set(SKIPPED.findall(out))
     assert "WARNING" not in out
     assert "tiny: resuming at end of epoch 1 of 2 epochs" in out  # the cached checkpoint was checked out ...
     assert "tiny epoch 2/2" in out and "tiny epoch 1/2" not in out  # ... so only the new epoch trained

@@ -4,18 +4,14 @@ import sys
 
 import pytest
 
-from conftest import git_project, run_cmd as _run, tiny_params
+from conftest import copy_project, run_cmd as _run
 
 
 @pytest.mark.slow
-def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path):
-    work = tmp_path / "project"
-    raw = tiny_params()
-    raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "limit": 30,
-                                "detect_faces": True, "channels": 3}
-    env = git_project(work, raw)
+def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(dvc_baseline, tmp_path):
+    src, env, _ = dvc_baseline  # conftest: `dvc repro` of a tiny project with digits and 30 face photos
+    work = copy_project(src, tmp_path / "project")
     dvc = [sys.executable, "-m", "dvc"]
-    _run(dvc + ["repro"], work, env)
 
     for out in ["data/raw/digits/manifest.csv", "data/raw/faces/manifest.csv",
                 "data/processed/digits/images.npy", "data/processed/faces/stats.json",
@@ -36,7 +32,7 @@ def test_dvc_repro_builds_every_output_and_a_second_repro_does_nothing(tmp_path)
     second = _run(dvc + ["repro"], work, env)
     assert "Running stage" not in second
     assert "tiny" in _run(dvc + ["metrics", "show"], work, env)
-    assert "tiny.fid" in _run(dvc + ["metrics", "diff", "--all"], work, env)  # workspace vs HEAD (no metrics yet)
+    assert "tiny.fid" in _run(dvc + ["metrics", "diff", "--all"], work, env)  # workspace vs HEAD
     quality = (work / "reports/quality/tiny.csv").read_text().splitlines()
     assert quality[0] == "epoch,wall_s,fid,kid,n_fake,n_real" and len(quality) == 1 + 1  # one row per epoch
     plots = json.loads(_run(dvc + ["plots", "show", "--json"], work, env))
