@@ -192,3 +192,46 @@ def copy_project(src: Path, dest: Path) -> Path:
     skip_dvc_tmp = lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else []  # state db, locks
     shutil.copytree(src, dest, symlinks=True, ignore=skip_dvc_tmp)
     return dest
+
+
+# ---------------------------------------------------------------- servers on loopback
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path | None = None, seconds: float = 90) -> None:
+    """Wait until `url` answers 200; fail (with the log's tail) if `proc` exits or time runs out."""
+    import time
+    import urllib.request
+
+    tail = lambda: log.read_text()[-3000:] if log is not None and log.is_file() else ""  # noqa: E731
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, f"{proc.args[:4]} exited:\n{tail()}"
+        assert time.monotonic() < deadline, f"{url} did not answer in {seconds} s:\n{tail()}"
+        time.sleep(0.3)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a server's process group (started with start_new_session), SIGKILL after 10 s;
+    it may have exited already."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

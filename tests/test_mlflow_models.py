@@ -2,11 +2,8 @@
 experiment kind the MLflow UI reads."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import prepare_project, tiny_params
+from conftest import free_port, prepare_project, stop_group, tiny_params, wait_http
 from dcganlab import paths
 from dcganlab.tracking import EXPERIMENT_KIND
 
@@ -156,12 +153,6 @@ def test_experiments_carry_the_kind_the_ui_opens_on_training_runs(project):
 
 
 # ---------------------------------------------------------------- `mlflow models serve`
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
@@ -174,24 +165,14 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 @pytest.mark.slow
 def test_models_serve_answers_with_images_over_http(project):
     p, _ = project
-    port = _free_port()
+    port = free_port()
     log = open(p.root / "serve.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
          f"runs:/{_run_id(p.root, 'tinyc')}/generator", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
         cwd=p.root, env=_env(p.root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (p.root / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (p.root / "serve.log").read_text()[-3000:]
-            time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, p.root / "serve.log")
         z = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
         labels = np.array([1, 5, 8])
         url = f"http://127.0.0.1:{port}/invocations"
@@ -204,20 +185,8 @@ def test_models_serve_answers_with_images_over_http(project):
         status, body = _post(url, {"inputs": {"z": z[:, :5].tolist(), "labels": [1, 2, 3]}})
         assert status == 400 and "shape" in body["message"]
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL after 10 s; it may have exited already."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 # ---------------------------------------------------------------- `dcganlab ui`
@@ -226,7 +195,7 @@ def test_ui_serves_the_project_store_and_links_open_on_training_runs(project):
     """MLflow 3.17's UI ignores the experiment kind tag and opens on GenAI traces; `dcganlab ui`
     prints links that name the training view, and the server it starts answers with our runs."""
     p, _ = project
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dcganlab", "ui", "-p", str(p.root / "params.yaml"),
                              "--port", str(port)], cwd=p.root, env=_env(p.root), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -234,17 +203,8 @@ def test_ui_serves_the_project_store_and_links_open_on_training_runs(project):
         digits = mlflow.MlflowClient(_uri(p.root)).get_experiment_by_name("digits").experiment_id
         line = proc.stdout.readline()  # one line per experiment, by name
         assert line.strip() == f"digits: http://127.0.0.1:{port}/#/experiments/{digits}?workflowType=machine_learning"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-            time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
         status, body = _post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", {"experiment_ids": [digits]})
         assert status == 200 and {r["info"]["run_name"] for r in body["runs"]} >= {"tiny", "tinyc"}
     finally:
-        _stop(proc)
+        stop_group(proc)

@@ -2,26 +2,16 @@
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import git_project, run_cmd, tiny_params, write_params
+from conftest import free_port, git_project, run_cmd, stop_group, tiny_params, wait_http, write_params
 from dcganlab.cli import app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -29,7 +19,7 @@ def mlflow_server(tmp_path):
     """`mlflow server` on loopback: SQLite backend, proxied artifact store in tmp_path/server."""
     store = tmp_path / "server"
     store.mkdir()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(store / "server.log", "w")
     proc = subprocess.Popen(
@@ -39,25 +29,10 @@ def mlflow_server(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: the teardown stops its workers too
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"mlflow server exited:\n{(store / 'server.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server did not answer:\n{(store / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_http(f"{url}/health", proc, store / "server.log", 60)
         yield url, store
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
