@@ -25,22 +25,58 @@ def write_image_folder(images: np.ndarray, labels: np.ndarray, root: Path) -> No
         Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / f"{i:06d}.png")
 
 
+def classic_transform(channels: int, size: int):
+    """main.py's per-image transforms (PIL decode happens in ImageFolder)."""
+    from torchvision import transforms
+
+    return transforms.Compose(([transforms.Grayscale(1)] if channels == 1 else []) + [
+        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize([0.5] * channels, [0.5] * channels)])
+
+
+def classic_update(G, D, opt_g, opt_d, real: torch.Tensor, z_dim: int, criterion,
+                   real_label: float = 1.0, fake_label: float = 0.0) -> tuple:
+    """One GAN update as main.py writes it, D(x) and D(G(z)) read back with `.item()` each step.
+    Returns (err_d, err_g, D(x), D(G(z)) before the D step, D(G(z)) after it, as a tensor)."""
+    b = real.size(0)
+    # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
+    D.zero_grad()
+    label = torch.full((b,), real_label, device=real.device)
+    out = D(real).logit
+    err_real = criterion(out, label)
+    err_real.backward()
+    d_x = out.sigmoid().mean().item()
+    fake = G(torch.randn(b, z_dim, device=real.device))
+    label.fill_(fake_label)
+    out = D(fake.detach()).logit
+    err_fake = criterion(out, label)
+    err_fake.backward()
+    d_g_z1 = out.sigmoid().mean().item()
+    err_d = err_real + err_fake
+    opt_d.step()
+    # (2) Update G network: maximize log(D(G(z)))
+    G.zero_grad()
+    label.fill_(1.0)
+    out = D(fake).logit
+    err_g = criterion(out, label)
+    err_g.backward()
+    opt_g.step()
+    return err_d, err_g, d_x, d_g_z1, out.detach().sigmoid().mean()
+
+
 def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarray, device, batch: int,
                     warmup: int, steps: int, repeats: int = 1, workers: int = 2) -> list[float]:
     """Seconds of each of `repeats` runs of `steps` classic updates, after `warmup` untimed
     ones (unconditional G, D)."""
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     c, size = images.shape[1], images.shape[2]
     tmp = Path(tempfile.mkdtemp(prefix="dcganlab-classic-"))
     try:
         write_image_folder(images, labels, tmp)
-        tf = transforms.Compose(([transforms.Grayscale(1)] if c == 1 else []) + [
-            transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-            transforms.Normalize([0.5] * c, [0.5] * c)])
-        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=tf), batch_size=batch, shuffle=True,
-                            num_workers=workers, drop_last=True)
+        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=classic_transform(c, size)), batch_size=batch,
+                            shuffle=True, num_workers=workers, drop_last=True)
         criterion = torch.nn.BCEWithLogitsLoss()
         it = iter(loader)
 
@@ -53,30 +89,9 @@ def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarra
                 except StopIteration:  # next epoch
                     it = iter(loader)
                     data, _ = next(it)
-                real = data.to(device)
-                b = real.size(0)
-                # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-                D.zero_grad()
-                label = torch.full((b,), e.real_label, device=device)
-                out = D(real).logit
-                err_real = criterion(out, label)
-                err_real.backward()
-                d_x = out.sigmoid().mean().item()
-                fake = G(torch.randn(b, e.z_dim, device=device))
-                label.fill_(e.fake_label)
-                out = D(fake.detach()).logit
-                err_fake = criterion(out, label)
-                err_fake.backward()
-                d_g_z1 = out.sigmoid().mean().item()
-                err_d = err_real + err_fake
-                opt_d.step()
-                # (2) Update G network: maximize log(D(G(z)))
-                G.zero_grad()
-                label.fill_(1.0)
-                err_g = criterion(D(fake).logit, label)
-                err_g.backward()
-                opt_g.step()
-                _ = (err_d.item(), err_g.item(), d_x, d_g_z1)  # what the classic loop prints
+                err_d, err_g, _, _, _ = classic_update(G, D, opt_g, opt_d, data.to(device), e.z_dim, criterion,
+                                                       e.real_label, e.fake_label)
+                _ = (err_d.item(), err_g.item())  # what the classic loop prints
             return time.perf_counter() - t0
 
         run(warmup)
@@ -110,17 +125,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import torchvision.utils as vutils
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     from dcganlab.models import dcgan, dcgan_init
 
     torch.manual_seed(a.manualSeed)
     c = a.nc
-    tf = transforms.Compose(([transforms.Grayscale(1)] if c == 1 else []) + [
-        transforms.Resize(a.imageSize), transforms.CenterCrop(a.imageSize), transforms.ToTensor(),
-        transforms.Normalize([0.5] * c, [0.5] * c)])
-    loader = DataLoader(datasets.ImageFolder(str(a.dataroot), transform=tf), batch_size=a.batchSize, shuffle=True,
-                        num_workers=a.workers)
+    loader = DataLoader(datasets.ImageFolder(str(a.dataroot), transform=classic_transform(c, a.imageSize)),
+                        batch_size=a.batchSize, shuffle=True, num_workers=a.workers)
     netG, netD = dcgan.Generator(a.nz, c, a.imageSize, a.ngf), dcgan.Discriminator(c, a.imageSize, a.ndf)
     netG.apply(dcgan_init)
     netD.apply(dcgan_init)
@@ -133,34 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(a.niter):
         t_loop = time.perf_counter()
         for i, (data, _) in enumerate(loader):
-            real = data
-            b = real.size(0)
-            # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
-            netD.zero_grad()
-            label = torch.full((b,), 1.0)
-            out = netD(real).logit
-            err_real = criterion(out, label)
-            err_real.backward()
-            d_x = out.sigmoid().mean().item()
-            fake = netG(torch.randn(b, a.nz))
-            label.fill_(0.0)
-            out = netD(fake.detach()).logit
-            err_fake = criterion(out, label)
-            err_fake.backward()
-            d_g_z1 = out.sigmoid().mean().item()
-            err_d = err_real + err_fake
-            optD.step()
-            # (2) Update G network: maximize log(D(G(z)))
-            netG.zero_grad()
-            label.fill_(1.0)
-            out = netD(fake).logit
-            err_g = criterion(out, label)
-            err_g.backward()
-            d_g_z2 = out.sigmoid().mean().item()
-            optG.step()
+            real, b = data, data.size(0)
+            err_d, err_g, d_x, d_g_z1, d_g_z2 = classic_update(netG, netD, optG, optD, real, a.nz, criterion)
             images += b
             print(f"[{epoch}/{a.niter}][{i}/{len(loader)}] Loss_D: {err_d.item():.4f} Loss_G: {err_g.item():.4f} "
-                  f"D(x): {d_x:.4f} D(G(z)): {d_g_z1:.4f} / {d_g_z2:.4f}")
+                  f"D(x): {d_x:.4f} D(G(z)): {d_g_z1:.4f} / {d_g_z2.item():.4f}")
             if i % 100 == 0:
                 vutils.save_image(real, a.outf / "real_samples.png", normalize=True)
                 with torch.no_grad():
