@@ -19,7 +19,7 @@ TINY = {  # variant -> (channels, size, extra experiment settings)
     "face-dcgan": (3, 16, {"noise": "uniform", "lr_g": 3e-4, "lr_d": 3e-4}),
     "cartoon-128": (3, 16, {"feature_matching": 1.0, "lr_decay": 0.9, "flip_p": 0.1}),
     "cgan": (1, 16, {"lr_g": 1e-3}),
-    "resnet-dcgan": (3, 32, {"lr_d": 0.0064, "lr_g": 0.00128, "real_label": 0.9, "fake_label": 0.1}),
+    "resnet-dcgan": (3, 96, {"lr_d": 0.0064, "lr_g": 0.00128, "real_label": 0.9, "fake_label": 0.1}),
     "upsample-gan": (1, 16, {"noise": "uniform", "lr_g": 5e-4, "lr_d": 5e-4}),
 }
 
@@ -113,6 +113,66 @@ def test_impossible_combinations_are_rejected_before_training():
     raw["experiments"]["tiny"] = {**raw["experiments"]["tiny"], "variant": "resnet-dcgan", "dataset": "digits"}
     with pytest.raises(ParamsError, match="cannot produce 16x16"):
         parse_params(raw)
+    raw["datasets"]["digits"] = {**raw["datasets"]["digits"], "image_size": 32}  # a 1x1 bottleneck: not the paper's
+    with pytest.raises(ParamsError, match="cannot produce 32x32 .*bottleneck"):
+        parse_params(raw)
+    raw["experiments"]["tiny"] = {**raw["experiments"]["tiny"], "variant": "upsample-gan"}
+    raw["datasets"]["digits"] = {**raw["datasets"]["digits"], "image_size": 8}  # its 'valid' conv leaves no map
+    with pytest.raises(ParamsError, match="cannot produce 8x8"):
+        parse_params(raw)
+
+
+# ---------------------------------------------------------------- the papers' listings, layer for layer
+def _layers(net: nn.Module, x: torch.Tensor, kinds=(nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d)):
+    """[(layer type, output shape without batch, trainable parameters)] of the weighted layers, in order."""
+    rows = []
+    hooks = [m.register_forward_hook(lambda m, i, o: rows.append(
+        (type(m).__name__, tuple(o.shape[1:]), sum(p.numel() for p in m.parameters()))))
+        for m in net.modules() if isinstance(m, kinds)]
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return rows
+
+
+def test_upsample_gan_is_the_keras_listing_layer_for_layer():
+    """keras-dcgan's generator_model / discriminator_model at 28x28x1, as Keras' summary() gives
+    them (BatchNormalization: Keras also counts 2 x 6272 non-trainable moving statistics)."""
+    G, D = build_networks(ExperimentParams(variant="upsample-gan", z_dim=100), 1, 28)
+    assert _layers(G, torch.randn(2, 100)) == [
+        ("Linear", (1024,), 103_424), ("Linear", (6272,), 6_428_800), ("BatchNorm1d", (6272,), 12_544),
+        ("Conv2d", (64, 14, 14), 204_864),       # UpSampling2D, Conv2D(64, 5x5, 'same')
+        ("Conv2d", (1, 28, 28), 1_601)]          # UpSampling2D, Conv2D(1, 5x5, 'same')
+    assert _layers(D, torch.randn(2, 1, 28, 28)) == [
+        ("Conv2d", (64, 28, 28), 1_664),         # Conv2D(64, 5x5, 'same'), MaxPooling2D -> 14x14
+        ("Conv2d", (128, 10, 10), 204_928),      # Conv2D(128, 5x5) 'valid', MaxPooling2D -> 5x5
+        ("Linear", (1024,), 3_277_824),          # Dense(1024) on 128 x 5 x 5
+        ("Linear", (1,), 1_025)]                 # Dense(1)
+    assert sum(p.numel() for p in D.parameters()) == 3_485_441
+
+
+def test_dcgan_is_the_pytorch_example_listing_layer_for_layer():
+    """pytorch/examples dcgan/main.py at nz=100, ngf=ndf=64, nc=3, 64x64: its netG and netD."""
+    G, D = build_networks(ExperimentParams(variant="dcgan", z_dim=100, ngf=64, ndf=64), 3, 64)
+    assert [shape for _, shape, _ in _layers(G, torch.randn(2, 100))] == [
+        (512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (3, 64, 64)]
+    assert [shape for _, shape, _ in _layers(D, torch.randn(2, 3, 64, 64))] == [
+        (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1, 1, 1)]
+    assert sum(p.numel() for p in G.parameters()) == 3_576_704
+    assert sum(p.numel() for p in D.parameters()) == 2_765_568
+
+
+def test_resnet_generator_is_the_improved_dcgan_shape_at_96():
+    """The improved-DCGAN paper gives the shape, not a listing with counts: 5 stride-2
+    convolutions to a 3x3 bottleneck, 9 residual blocks there, 5 transposed convolutions back."""
+    G, _ = build_networks(ExperimentParams(variant="resnet-dcgan", z_dim=100, ngf=64, ndf=64), 3, 96)
+    shapes = [shape for _, shape, _ in _layers(G, torch.randn(2, 100), (nn.Conv2d, nn.ConvTranspose2d))]
+    down, up = shapes[:5], shapes[-5:]
+    assert down == [(64, 48, 48), (128, 24, 24), (256, 12, 12), (512, 6, 6), (512, 3, 3)]
+    assert up == [(512, 6, 6), (256, 12, 12), (128, 24, 24), (64, 48, 48), (3, 96, 96)]
+    assert len(shapes) == 5 + 9 * 2 + 5 and all(s == (512, 3, 3) for s in shapes[5:-5])
 
 
 def _apply(raw, args):

@@ -93,10 +93,14 @@ VARIANTS: dict[str, Variant] = {
                 dcgan.valid_size, _dcgan_sizes[0]),
         Variant("cgan", "auxiliary-classifier conditional DCGAN (handwritten-digit recipe)", _cgan,
                 lambda s: s in (16, 32, 64), "16, 32, 64", conditional=True),
+        # 5 stride-2 downsamplings: the paper's 3x3 bottleneck at 96x96; below 96 it is 1x1 and the
+        # residual blocks' 3x3 convolutions see only padding (runs at 32x32 collapsed)
         Variant("resnet-dcgan", "improved DCGAN: 5 down / 9 residual / 5 up generator (anime recipe)", _resnet,
-                lambda s: s % 32 == 0 and 32 <= s <= 256, "multiples of 32 up to 256"),
+                lambda s: s % 32 == 0 and 96 <= s <= 256,
+                "96, 128, ... 256: multiples of 32 whose bottleneck (size / 32) is at least the paper's 3x3"),
+        # D: pool, 'valid' 5x5 conv, pool: 12x12 is the least that leaves a 1x1 map
         Variant("upsample-gan", "Keras-style upsampling GAN, SGD + Nesterov (MNIST recipe)", _upsample,
-                lambda s: s % 4 == 0 and 8 <= s <= 128, "multiples of 4 from 8 to 128", init=glorot_init,
+                lambda s: s % 4 == 0 and 12 <= s <= 128, "multiples of 4 from 12 to 128", init=glorot_init,
                 optimizer="sgd"),
     ]
 }
