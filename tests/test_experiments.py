@@ -75,8 +75,19 @@ def test_preset_strings_are_quoted_when_hydra_would_read_another_type(monkeypatc
             overrides("p")
 
 
+def test_preset_dataset_swaps_the_data_and_names_the_experiment_after_both():
+    parsed = _parsed(overrides("resnet-exp8", dataset="fashion96", path="/usr/share/datasets/fashion-mnist"))
+    assert parsed["datasets.fashion96.source"] == "fashion-mnist" and parsed["datasets.fashion96.image_size"] == 96
+    assert parsed["datasets.fashion96.path"] == "/usr/share/datasets/fashion-mnist"
+    assert parsed["experiments.resnet-exp8-fashion96.dataset"] == "fashion96"
+    assert parsed["experiments.resnet-exp8-fashion96.variant"] == "resnet-dcgan"
+    assert not any(k.startswith(("datasets.anime96", "experiments.resnet-exp8.")) for k in parsed)
+
+
 @pytest.mark.parametrize("args, message", [(["nope"], "unknown preset 'nope'"),
-                                           (["cgan-mnist", "--epochs", "0"], "--epochs must be at least 1")])
+                                           (["cgan-mnist", "--epochs", "0"], "--epochs must be at least 1"),
+                                           (["cgan-mnist", "--dataset", "nope"], "unknown dataset 'nope'"),
+                                           (["cgan-mnist", "--path", "my data"], "cannot pass through $(...)")])
 def test_preset_bad_input_is_one_line_and_nonzero_exit(args, message):
     result = CliRunner().invoke(app, ["preset"] + args)
     assert result.exit_code == 1

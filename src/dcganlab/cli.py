@@ -289,23 +289,33 @@ def variants() -> None:
 
 @app.command()
 def preset(name: Optional[str] = typer.Argument(None, help="preset name (default: list them)"),
-           epochs: Optional[int] = typer.Option(None, "--epochs", help="train this many epochs instead")) -> None:
+           epochs: Optional[int] = typer.Option(None, "--epochs", help="train this many epochs instead"),
+           dataset: Optional[str] = typer.Option(None, "--dataset",
+                                                 help="run the recipe on this preset dataset (e.g. fashion96)"),
+           path: Optional[str] = typer.Option(None, "--path", help="folder holding the dataset's official files "
+                                              "(e.g. /usr/share/datasets/fashion-mnist): used, never downloaded")) -> None:
     """The seed papers' full settings. Without NAME, lists the presets; with NAME, prints the
     `-S ++key=value` overrides that add (or overwrite) its dataset and experiment, for
     `dvc exp run $(dcganlab preset NAME)`; a further `-S key=value` after it changes any key.
     Writes nothing."""
     def work():
-        from dcganlab.presets import PRESETS, overrides
+        from dcganlab.presets import DATASETS, PRESETS, overrides
 
         if name is None:
             for key, p in PRESETS.items():
                 typer.echo(f"{key:18s} {p.description}")
+            typer.echo(f"datasets (--dataset): {', '.join(DATASETS)}")
             return
         if name not in PRESETS:
             raise UserError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+        if dataset is not None and dataset not in DATASETS:
+            raise UserError(f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)})")
         if epochs is not None and epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {epochs}")
-        typer.echo(" ".join(overrides(name, epochs)))
+        try:
+            typer.echo(" ".join(overrides(name, epochs, dataset, path)))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     _run(work)
 
 
