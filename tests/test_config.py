@@ -67,6 +67,34 @@ def test_invalid_params_are_rejected_with_one_clear_message(key, value, message)
     assert len(errors) == 1, errors  # one message per error, no knock-on messages
 
 
+KEY_PATH = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(/[A-Za-z0-9_]+)?: ")  # e.g. experiments.tiny.beta1/beta2:
+WRONG_PATH = {"experiments.tiny.seed_offset": "says experiments.*.seed_offset, not the experiment's name",
+              "train": "says '.train:', a leading dot (_build's `where` for a top-level section)"}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=WRONG_PATH[case[0]])) if case[0] in WRONG_PATH
+    else case for case in BAD_VALUES])
+def test_each_message_starts_with_the_params_yaml_key_path(key, value, message):
+    """The key path is what a user greps params.yaml for, or passes to `dvc exp run -S`."""
+    _, errors = check_params(tiny_params(**{key: value}))
+    assert KEY_PATH.match(errors[0]) and key in errors[0], errors
+
+
+def test_yes_from_dvc_exp_run_set_is_a_bool_only_where_a_bool_belongs(tmp_path):
+    """`dvc exp run -S key=yes` writes a bare `yes`, which PyYAML reads as True: right for a bool,
+    an error for an int or a float (a lax float parser would have taken it as 1.0)."""
+    keys = ("datasets.digits.detect_faces", "experiments.tiny.epochs", "experiments.tiny.lr_g")
+    text = yaml.safe_dump(tiny_params(**{k: "yes_here" for k in keys}), sort_keys=False)
+    (tmp_path / "params.yaml").write_text(text.replace("yes_here", "yes"))
+    with pytest.raises(ParamsError) as info:
+        load_params(tmp_path / "params.yaml")
+    message = str(info.value)
+    assert message.startswith("invalid params: ") and "\n" not in message
+    assert sorted(message.removeprefix("invalid params: ").split("; ")) == [
+        "experiments.tiny.epochs: expected int, got True", "experiments.tiny.lr_g: expected float, got True"]
+
+
 @pytest.mark.parametrize("key,value,message", BAD_VALUES[::6])
 def test_cli_exits_2_before_any_work(tmp_path, key, value, message):
     path = write_params(tmp_path, tiny_params(**{key: value}))
