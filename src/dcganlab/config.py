@@ -30,7 +30,8 @@ RESERVED_EXPERIMENTS = {"extractors", "eval", "quality", "samples", "figures"}
 @dataclass
 class DatasetParams:
     source: str = "mnist-subset"
-    path: str = ""               # folder source: a directory of images (searched recursively)
+    path: str = ""               # folder: a directory of images (searched recursively); download sources: a folder
+                                 # with the dataset's official files (checked, used instead of a download)
     split: str = "train"         # torchvision sources: which split to fetch
     limit: int = 0               # keep at most this many raw images (0 = all)
     detect_faces: bool = False   # Haar frontal-face detection + square crop
@@ -180,7 +181,7 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{where or 'the top level'}: expected a mapping, got {raw!r}"[:200])
+        errors.append(f"{where.lstrip('.') or 'the top level'}: expected a mapping, got {raw!r}"[:200])
         return cls()
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.name != "root"}
@@ -188,7 +189,7 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
         if key not in known:
             errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
     kwargs = {}
-    for key in known & set(raw):
+    for key in [k for k in raw if k in known]:  # params.yaml's order, not a set's (hash-seed dependent)
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, raw[key], f"{where}.{key}", errors)
@@ -261,7 +262,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(splits is None or d.split in splits,
              f"datasets.{name}.split: '{d.split}' is not a split of {d.source} (known: {', '.join(splits or ())})")
     need(0 <= p.seed <= 2**32 - 1, "seed: must be in 0..4294967295")
-    need(all(e.seed_offset >= 0 for e in p.experiments.values()), "experiments.*.seed_offset: must be >= 0")
+    for name, e in p.experiments.items():
+        need(e.seed_offset >= 0, f"experiments.{name}.seed_offset: must be >= 0")
     need(bool(DEVICE_RE.match(p.train.device)), f"train.device: '{p.train.device}' is not auto, cpu, mps, cuda or cuda:N")
     need(p.sample.interpolation_pairs >= 1, "sample.interpolation_pairs: must be >= 1")
     need(p.evaluate.batch_size >= 1, "evaluate.batch_size: must be >= 1")
