@@ -2,6 +2,7 @@
 on eval JSONs / quality CSVs / sample folders the tests write with the agreed keys (SCHEMA)."""
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,13 @@ from typer.testing import CliRunner
 
 from conftest import TINY_EXPERIMENT, tiny_params, write_params
 from dcganlab import paths
-from dcganlab.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, judge_claims
+from dcganlab.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
 from dcganlab.cli import app
 from dcganlab.report import COLUMNS, flatten
 
-NAMES = ["digits-dcgan", "digits-cgan", "digits-upsample", "faces-face-dcgan", "faces-cartoon", "faces-resnet"]
+VARIANT = {"digits-dcgan": "dcgan", "digits-cgan": "cgan", "digits-upsample": "upsample-gan",
+           "faces-face-dcgan": "face-dcgan", "faces-cartoon": "cartoon-128"}
+NAMES = list(VARIANT)
 
 
 def eval_json(fid=10.0, kid=0.1, kid_std=0.01, **extra) -> dict:
@@ -49,14 +52,14 @@ def quality_csv(path, fids, seconds_per_epoch=1.0):
 def reports(tmp_path):
     """A project whose six experiments (named as the claims need) have eval JSONs, some quality
     curves and sample folders."""
-    raw = tiny_params()
-    raw["experiments"] = {n: dict(TINY_EXPERIMENT) for n in NAMES}
+    raw = tiny_params(**{"datasets.digits.image_size": 32})
+    raw["experiments"] = {n: {**TINY_EXPERIMENT, "variant": v} for n, v in VARIANT.items()}
     write_params(tmp_path, raw)
     for n in NAMES:
         path = paths.eval_path(tmp_path, n)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(eval_json()))
-    quality_csv(paths.quality_path(tmp_path, "faces-resnet"), [90, 40, 20, 15, 12])
+    quality_csv(paths.quality_path(tmp_path, "faces-cartoon"), [90, 40, 20, 15, 12])
     quality_csv(paths.quality_path(tmp_path, "faces-face-dcgan"), [95, 70, 50, 30, 20], 2.0)
     samples = paths.samples_dir(tmp_path, "digits-dcgan")
     samples.mkdir(parents=True)
@@ -91,10 +94,10 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
     assert metrics["digits-dcgan"]["arithmetic_agreement"] == 0.5
     assert "1 of 2 came out as expected" in md
     figures = reports / "reports/figures"
-    assert {p.name for p in figures.iterdir()} == {"faces-resnet_quality.png", "faces-face-dcgan_quality.png",
+    assert {p.name for p in figures.iterdir()} == {"faces-cartoon_quality.png", "faces-face-dcgan_quality.png",
                                                   "quality_digits.png"}
     assert all(Image.open(p).size[0] > 100 for p in figures.iterdir())
-    assert "![FID vs epoch and vs wall-clock seconds](figures/faces-resnet_quality.png)" in md
+    assert "![FID vs epoch and vs wall-clock seconds](figures/faces-cartoon_quality.png)" in md
     assert "](samples/digits-dcgan/grid.png)" in md
     assert "quality curve: n/a" in md  # digits-cgan has none
 
@@ -136,8 +139,16 @@ def test_report_without_an_eval_file_fails_with_one_line(reports):
 
 
 # ---------------------------------------------------------------- claims on constructed inputs
-def ev(name, quality=None, size=32, **metrics):
-    return Evidence(name, flatten(eval_json(**metrics)), quality, size, 5)
+# name -> (variant, image size, source) of the constructed experiments: each at its paper's setup
+KIND = {"faces-resnet": ("resnet-dcgan", 96, "folder"), "faces-face-dcgan": ("face-dcgan", 96, "folder"),
+        "faces-cartoon": ("cartoon-128", 128, "folder"), "digits-cgan": ("cgan", 32, "mnist-subset"),
+        "digits-upsample": ("upsample-gan", 28, "fashion-mnist"), "digits-dcgan": ("dcgan", 32, "mnist-subset")}
+
+
+def ev(name, quality=None, size=None, source=None, dataset="d", **metrics):
+    variant, paper_size, paper_source = KIND.get(name, (name, 32, "mnist"))
+    return Evidence(name, flatten(eval_json(**metrics)), quality, size or paper_size, 5, variant, dataset,
+                    source or paper_source)
 
 
 def curve(fids):
@@ -161,9 +172,9 @@ def test_resnet_claim_supports_refutes_and_inconclusive():
     good = {"faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01),
             "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01)}
     assert claim_verdict(good, "ResNet")[0] == SUPPORTS
-    bad = {"faces-resnet": ev("faces-resnet", slow, fid=30, kid=0.9, kid_std=0.01),
-           "faces-face-dcgan": ev("faces-face-dcgan", fast, fid=10, kid=0.1, kid_std=0.01)}
-    assert claim_verdict(bad, "ResNet")[0] == REFUTES
+    bad = {"faces-resnet": ev("faces-resnet", curve([90, 40, 30, 31, 32]), fid=30, kid=0.9, kid_std=0.01),
+           "faces-face-dcgan": ev("faces-face-dcgan", curve([50, 20, 10, 11, 12]), fid=10, kid=0.1, kid_std=0.01)}
+    assert claim_verdict(bad, "ResNet")[0] == REFUTES  # both curves levelled off: a refutation stands
     noisy = {"faces-resnet": ev("faces-resnet", fast, kid=0.1, kid_std=0.5),
              "faces-face-dcgan": ev("faces-face-dcgan", slow, kid=0.3, kid_std=0.5)}
     verdict, reason = claim_verdict(noisy, "ResNet")
@@ -174,15 +185,54 @@ def test_resnet_claim_supports_refutes_and_inconclusive():
     assert verdict == INCONCLUSIVE and "fewer epochs" in reason
     missing = {"faces-face-dcgan": good["faces-face-dcgan"]}
     verdict, reason = claim_verdict(missing, "ResNet")
-    assert verdict == INCONCLUSIVE and "faces-resnet not in params.yaml" in reason
+    assert verdict == INCONCLUSIVE and "no resnet-dcgan + dcgan/face-dcgan experiment in params.yaml" in reason
+    assert "dcganlab preset resnet-exp8" in reason
+
+
+def test_a_scaled_down_experiment_gets_no_verdict_but_says_what_the_numbers_read():
+    fast, slow = curve([50, 20, 12, 11, 10]), curve([90, 70, 40, 25, 20])
+    small = {"faces-resnet": ev("faces-resnet", fast, size=32, fid=10, kid=0.1, kid_std=0.01),
+             "faces-face-dcgan": ev("faces-face-dcgan", slow, size=32, fid=20, kid=0.5, kid_std=0.01)}
+    _, table = verdicts(small)
+    row = table[table["claim"].str.contains("ResNet")].iloc[0]
+    assert row["verdict"] == INCONCLUSIVE
+    assert row["reason"].startswith("not the paper's setup: faces-resnet at 32x32 (paper: 96x96); "
+                                    "faces-face-dcgan at 32x32 (paper: 96x96). At this setup the numbers alone read "
+                                    "'supports'")
+    assert row["setup"].startswith("scaled down: faces-resnet at 32x32")
+    # the paper's size on other data: a verdict, for that data
+    row = verdicts({n: ev(n, q, source="fashion-mnist", fid=f, kid=k, kid_std=0.01) for n, q, f, k in
+                    [("faces-resnet", fast, 10, 0.1), ("faces-face-dcgan", slow, 20, 0.5)]})[1].iloc[0]
+    assert row["verdict"] == SUPPORTS and "holds for fashion-mnist data (paper: 96x96 anime faces)" in row["reason"]
+    assert row["setup"] == "paper's image size; data fashion-mnist (paper: 96x96 anime faces)"
+    # a claim about the kind of data: other data is not the paper's setup
+    verdict, reason = claim_verdict({"digits-dcgan": ev("digits-dcgan", source="fashion-mnist", precision=0.75,
+                                                        precision_real_floor=0.8)}, "plausible")
+    assert verdict == INCONCLUSIVE and "digits-dcgan on fashion-mnist data (paper: MNIST digits)" in reason
+
+
+def test_each_fitting_experiment_gets_a_row_and_baselines_come_from_the_same_dataset():
+    e = {"r1": ev("faces-resnet", dataset="a", kid=0.1, kid_std=0.01), "b1": ev("faces-face-dcgan", dataset="a", kid=0.5,
+                                                                                  kid_std=0.01),
+         "b2": ev("faces-face-dcgan", dataset="other", kid=0.9, kid_std=0.01)}
+    e = {n: replace(x, name=n) for n, x in e.items()}
+    table = judge_claims(e)
+    assert list(table[table["claim"].str.contains("ResNet")]["experiments"]) == ["r1, b1"]
+
+
+def test_a_refutation_from_a_run_still_improving_is_inconclusive():
+    rising = curve([90, 70, 50, 40, 30])
+    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", rising, fid=10.0, fid_ranked=15.0,
+                                                           fid_real_floor=1.0)}, "ranked")
+    assert verdict == INCONCLUSIVE and "too short to refute: digits-upsample still improving" in reason
 
 
 def test_without_kid_std_the_real_floor_is_the_noise_scale():
     e = {"faces-cartoon": ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=60.0),
-         "faces-face-dcgan": ev("faces-face-dcgan", fid=100.0, kid_std=None, fid_real_floor=60.0)}
+         "faces-face-dcgan": ev("faces-face-dcgan", size=128, fid=100.0, kid_std=None, fid_real_floor=60.0)}
     verdict, reason = claim_verdict(e, "feature matching")
     assert verdict == INCONCLUSIVE and "real floor" in reason and "not a clean ablation" in reason
-    e["faces-face-dcgan"] = ev("faces-face-dcgan", fid=200.0, kid_std=None, fid_real_floor=60.0)
+    e["faces-face-dcgan"] = ev("faces-face-dcgan", size=128, fid=200.0, kid_std=None, fid_real_floor=60.0)
     assert claim_verdict(e, "feature matching")[0] == SUPPORTS
 
 
@@ -209,9 +259,11 @@ def test_conditional_probe_ranked_and_plausible_claims():
 
 
 def test_adding_a_claim_is_one_entry():
-    extra = Claim("recall beats precision", "nobody", ("x",), "recall vs precision",
+    extra = Claim("recall beats precision", "nobody", (frozenset({"x"}),), Setup((32,), "MNIST digits"),
+                  "recall vs precision",
                   lambda e: ("r vs p", SUPPORTS if e[0].get("recall") > e[0].get("precision") else REFUTES, "compared"))
     table = judge_claims({"x": ev("x", recall=0.9, precision=0.1)}, CLAIMS + [extra])
     assert len(table) == len(CLAIMS) + 1 and table.iloc[-1]["verdict"] == SUPPORTS
-    assert list(table.columns) == ["claim", "paper", "experiments", "how judged", "measured", "verdict", "reason"]
+    assert list(table.columns) == ["claim", "paper", "experiments", "setup", "how judged", "measured", "verdict",
+                                   "reason"]
     assert (table.iloc[:-1]["verdict"] == INCONCLUSIVE).all()  # none of the default experiments exist

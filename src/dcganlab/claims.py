@@ -1,12 +1,19 @@
 """The seed papers' claims, each judged against what this pipeline measured.
 
-One entry of CLAIMS per claim: the claim, its paper, the experiments it needs (by name in
-params.yaml), how it is judged, and a judge that turns those experiments' metrics into
-(measured, verdict, reason). Adding a claim is adding one entry.
+One entry of CLAIMS per claim: the claim, its paper, the variants it is about (an experiment
+of the first, and for comparisons one of the second on the same dataset), the setup in which
+the paper made it (image sizes, data), how it is judged, and a judge that turns those
+experiments' metrics into (measured, verdict, reason). Every experiment in params.yaml that
+fits gets its own row: the default run's scaled-down ones and a paper preset's alike. Adding a
+claim is adding one entry.
 
-Verdicts: "supports", "does not support", "inconclusive". A claim is inconclusive when an
-experiment it needs is not in params.yaml, when a metric it needs was not measured (n/a), or
-when the measured difference is within the noise scale:
+Verdicts: "supports", "does not support", "inconclusive". A row is inconclusive when
+- its experiments are not the paper's setup (image size, data): "not the paper's setup:
+  <what differs>", followed by what the numbers alone would read at this setup;
+- no experiment of the variant is in params.yaml, or a metric it needs was not measured (n/a);
+- it would refute the claim while an experiment was still improving at its last epoch (too
+  short a run refutes nothing);
+- the measured difference is within the noise scale:
 - comparing two generators: KID difference vs 2 x the combined KID subset std
   (sqrt(std_x^2 + std_y^2)); without KID std, FID difference vs the larger real floor
   (FID between two real samples of the same sizes);
@@ -35,6 +42,9 @@ class Evidence:
     quality: pd.DataFrame | None        # reports/quality/<exp>.csv (epoch, wall_s, fid, ...)
     image_size: int
     epochs: int
+    variant: str = ""
+    dataset: str = ""
+    source: str = ""                    # the dataset's fetch source: the kind of data
 
     def get(self, key: str) -> float:
         value = self.metrics.get(key)
@@ -91,9 +101,6 @@ def better_generator(x: Evidence, y: Evidence, caveat: str = "") -> tuple[str, s
     reason = {-1: f"{x.name} is better beyond noise", 1: f"{x.name} is worse beyond noise",
               0: "difference within noise"}[sign]
     reason = f"{reason}: {rule}"
-    rising = [e.name for e in (x, y) if still_improving(e.quality)]
-    if rising:  # too few epochs: the comparison may change with more training
-        reason += f"; {', '.join(rising)} still improving at the last epoch (too few epochs?)"
     return _final(x, y), verdict, reason + (f"; {caveat}" if caveat else "")
 
 
@@ -120,8 +127,8 @@ def judge_resnet(ev: list[Evidence]) -> tuple[str, str, str]:
 
 def judge_cartoon(ev: list[Evidence]) -> tuple[str, str, str]:
     x, y = ev
-    caveat = (f"measured at {x.image_size}x{x.image_size}, not 128x128, and cartoon-128 also differs from face-dcgan in "
-              "learning rates, lr decay, flips and noise: not a clean ablation of feature matching + smoothing")
+    caveat = ("cartoon-128 also differs from its comparison in learning rates, lr decay, flips and noise: not a clean "
+              "ablation of feature matching + smoothing")
     return better_generator(x, y, caveat)
 
 
@@ -184,48 +191,123 @@ def judge_plausible(ev: list[Evidence]) -> tuple[str, str, str]:
 
 
 @dataclass(frozen=True)
+class Setup:
+    """Where a paper made its claim. An experiment outside it gets no verdict."""
+    sizes: tuple[int, ...]                 # image sizes the paper trained at
+    data: str                              # the paper's data, in words
+    sources: frozenset[str] | None = None  # fetch sources of that kind of data; None: the claim is not about the data
+                                           # (a verdict then holds for the data it was measured on: the reason says so)
+
+    def differs(self, ev: list[Evidence]) -> list[str]:
+        out = [f"{x.name} at {x.image_size}x{x.image_size} (paper: {' or '.join(f'{s}x{s}' for s in self.sizes)})"
+               for x in ev if x.image_size not in self.sizes]
+        out += [f"{x.name} on {x.source} data (paper: {self.data})" for x in ev
+                if self.sources is not None and x.source not in self.sources]
+        return out
+
+
+MNIST_LIKE = frozenset({"mnist", "mnist-subset"})
+
+
+@dataclass(frozen=True)
 class Claim:
     claim: str
     paper: str
-    needs: tuple[str, ...]       # experiment names in params.yaml, in the order the judge takes them
+    variants: tuple[frozenset[str], ...]  # the experiment judged, then (comparisons) its baseline on the same dataset
+    setup: Setup
     how: str
     judge: Callable[[list[Evidence]], tuple[str, str, str]]
+    preset: str = ""                      # the preset that runs the paper's setting, for rows without an experiment
+
+
+def _v(*names: str) -> frozenset[str]:
+    return frozenset(names)
 
 
 CLAIMS: list[Claim] = [
     Claim("two learning rates plus label smoothing 0.9/0.1 with the ResNet generator give clearer images in fewer epochs",
-          "improved DCGAN (ResNet generator, anime faces)", ("faces-resnet", "faces-face-dcgan"),
-          "final FID/KID vs the face DCGAN; epochs and seconds to first reach the FID level both runs reach",
-          judge_resnet),
+          "improved DCGAN (ResNet generator, anime faces)", (_v("resnet-dcgan"), _v("dcgan", "face-dcgan")),
+          Setup((96,), "96x96 anime faces"),
+          "final FID/KID vs a DCGAN on the same data; epochs and seconds to first reach the FID level both runs reach",
+          judge_resnet, "resnet-exp8"),
     Claim("feature matching with Gaussian smoothing improves the 128x128 model", "cartoon-128 DCGAN",
-          ("faces-cartoon", "faces-face-dcgan"), "final FID/KID vs the face DCGAN on the same faces", judge_cartoon),
-    Claim("the conditional model draws the requested digit", "conditional (AC-GAN) MNIST", ("digits-cgan",),
+          (_v("cartoon-128"), _v("face-dcgan", "dcgan")), Setup((128,), "128x128 cartoon faces"),
+          "final FID/KID vs a face DCGAN / DCGAN on the same data", judge_cartoon, "cartoon-128"),
+    Claim("the conditional model draws the requested digit", "conditional (AC-GAN) MNIST", (_v("cgan"),),
+          Setup((28, 32), "MNIST digits", MNIST_LIKE),
           "domain classifier's accuracy on generated digits of each requested class, vs chance and vs real digits",
-          judge_conditional),
-    Claim("discriminator features classify digits well", "upsampling GAN (Keras, MNIST)", ("digits-upsample",),
-          "logistic regression on D's features vs on raw pixels, held-out real digits", judge_probe),
+          judge_conditional, "cgan-mnist"),
+    Claim("discriminator features classify digits well", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
+          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", MNIST_LIKE | {"fashion-mnist"}),
+          "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "upsample-fashion"),
     Claim("discriminator features are a useful representation for classification", "DCGAN (Radford et al.)",
-          ("digits-dcgan",), "logistic regression on D's features vs on raw pixels, held-out real digits", judge_probe),
-    Claim("discriminator-ranked sampling gives better samples", "upsampling GAN (Keras, MNIST)", ("digits-upsample",),
-          "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples", judge_ranked),
-    Claim("DCGAN generates plausible digits", "DCGAN (Radford et al.)", ("digits-dcgan",),
+          (_v("dcgan"),), Setup((32, 64), "CIFAR-10 / SVHN at 32x32, D of a 64x64 DCGAN"),
+          "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "dcgan-fashion64"),
+    Claim("discriminator-ranked sampling gives better samples", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
+          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", MNIST_LIKE | {"fashion-mnist"}),
+          "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples",
+          judge_ranked, "upsample-fashion"),
+    Claim("DCGAN generates plausible digits", "DCGAN (Radford et al.)", (_v("dcgan"),),
+          Setup((28, 32, 64), "MNIST digits", MNIST_LIKE),
           "k-NN precision vs real-vs-real precision, and mode coverage of the domain classifier", judge_plausible),
 ]
 
 
+def groups(claim: Claim, evidence: dict[str, Evidence]) -> list[list[Evidence]]:
+    """The experiments each row of `claim` judges: one of its variant, then (comparisons) one
+    of the baseline variants trained on the same dataset."""
+    first, *rest = claim.variants
+    rows = [[x] for x in evidence.values() if x.variant in first]
+    for wanted in rest:
+        rows = [row + [y] for row in rows for y in evidence.values()
+                if y.variant in wanted and y.dataset == row[0].dataset and y.name != row[0].name]
+    return rows
+
+
+def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
+    """measured, verdict, reason and setup of one row, with the setup and training-length rules applied."""
+    try:
+        measured, verdict, reason = claim.judge(ev)
+    except Missing as err:
+        return {"measured": "n/a", "verdict": INCONCLUSIVE, "reason": str(err), "setup": _setup_text(claim, ev)}
+    rising = [x.name for x in ev if still_improving(x.quality)]  # too few epochs: this may change with more
+    if verdict == REFUTES and rising:
+        verdict, reason = INCONCLUSIVE, f"{reason}; too short to refute: {', '.join(rising)} still improving"
+    elif rising:
+        reason += f"; {', '.join(rising)} still improving at the last epoch (too few epochs?)"
+    differs = claim.setup.differs(ev)
+    if differs:
+        reason = f"not the paper's setup: {'; '.join(differs)}. At this setup the numbers alone read '{verdict}': {reason}"
+        verdict = INCONCLUSIVE
+    elif claim.setup.sources is None:
+        reason += f"; holds for {', '.join(sorted({x.source for x in ev}))} data (paper: {claim.setup.data})"
+    return {"measured": measured, "verdict": verdict, "reason": reason, "setup": _setup_text(claim, ev)}
+
+
+def _setup_text(claim: Claim, ev: list[Evidence]) -> str:
+    differs = claim.setup.differs(ev)
+    if differs:
+        return "scaled down: " + "; ".join(differs)
+    if claim.setup.sources is None:
+        return f"paper's image size; data {', '.join(sorted({x.source for x in ev}))} (paper: {claim.setup.data})"
+    return "paper's"
+
+
 def judge_claims(evidence: dict[str, Evidence], claims: list[Claim] = CLAIMS) -> pd.DataFrame:
-    """One row per claim: claim, paper, experiments, how judged, measured, verdict, reason."""
+    """One row per claim and fitting experiment(s): claim, paper, experiments, setup, how judged,
+    measured, verdict, reason."""
     rows = []
     for c in claims:
-        row = {"claim": c.claim, "paper": c.paper, "experiments": ", ".join(c.needs), "how judged": c.how}
-        absent = [n for n in c.needs if n not in evidence]
-        if absent:
-            row.update(measured="n/a", verdict=INCONCLUSIVE, reason=f"experiment {', '.join(absent)} not in params.yaml")
-        else:
-            try:
-                measured, verdict, reason = c.judge([evidence[n] for n in c.needs])
-                row.update(measured=measured, verdict=verdict, reason=reason)
-            except Missing as err:
-                row.update(measured="n/a", verdict=INCONCLUSIVE, reason=str(err))
-        rows.append(row)
-    return pd.DataFrame(rows)
+        base = {"claim": c.claim, "paper": c.paper}
+        found = groups(c, evidence)
+        if not found:
+            wanted = " + ".join("/".join(sorted(v)) for v in c.variants)
+            hint = f" (the paper's setting: `dvc exp run $(dcganlab preset {c.preset})`)" if c.preset else ""
+            rows.append({**base, "experiments": "none", "setup": "n/a", "how judged": c.how, "measured": "n/a",
+                         "verdict": INCONCLUSIVE, "reason": f"no {wanted} experiment in params.yaml{hint}"})
+        for ev in found:
+            row = judge_row(c, ev)
+            rows.append({**base, "experiments": ", ".join(x.name for x in ev), "setup": row.pop("setup"),
+                         "how judged": c.how, **row})
+    return pd.DataFrame(rows, columns=["claim", "paper", "experiments", "setup", "how judged", "measured", "verdict",
+                                       "reason"])

@@ -194,8 +194,9 @@ def report(params: Params) -> dict:
         if figures_json.is_file():  # a sample-stage number worth tracking next to the metrics
             agreement = json.loads(figures_json.read_text())["arithmetic"].get("agreement")
             metrics[name]["arithmetic_agreement"] = agreement
-        evidence[name] = Evidence(name, metrics[name], quality[name], params.dataset(e.dataset).image_size,
-                                  metrics[name].get("epochs") or e.epochs)
+        ds = params.dataset(e.dataset)
+        evidence[name] = Evidence(name, metrics[name], quality[name], ds.image_size,
+                                  metrics[name].get("epochs") or e.epochs, e.variant, e.dataset, ds.source)
     write_json(reports / "metrics.json", metrics)
 
     with atomic_dir(paths.figures_dir(root)) as tmp:  # swapped in whole: no stale figures
@@ -224,9 +225,12 @@ def report(params: Params) -> dict:
         ("h2", "How each number was computed"),
         ("ul", [_how_computed(n, metrics[n], quality[n]) for n in metrics]),
         ("h2", "Claims of the seed papers"),
-        ("p", "Each claim next to what this pipeline measured. A verdict is `inconclusive` when a needed experiment "
-              "is absent from params.yaml, a needed metric was not measured, or the difference is within the noise "
-              "scale (2 x the combined KID subset std, the real FID floor, or 2 binomial standard errors)."),
+        ("p", "Each claim next to what this pipeline measured, one row per experiment it fits. `setup` says whether "
+              "the experiment is the paper's setting (image size, data) or scaled down; scaled-down rows get no verdict "
+              "(`inconclusive`), and their reason says what the numbers alone would read. A verdict is also "
+              "`inconclusive` when no experiment of the claim's variant is in params.yaml, a needed metric was not "
+              "measured, a refutation comes from a run still improving at its last epoch, or the difference is within "
+              "the noise scale (2 x the combined KID subset std, the real FID floor, or 2 binomial standard errors)."),
         ("table", claims),
     ]
     for ds in sorted({params.experiment(n).dataset for n in drawn}):
