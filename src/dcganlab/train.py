@@ -262,6 +262,7 @@ class Batches:
 
     @classmethod
     def of(cls, data: dict, num_classes: int, e, world: distributed.World, device) -> "Batches":
+        """Copied to the device once; a split too small for one batch per process is a one-line error."""
         train_mask = data["split"] == 0
         images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
         labels = torch.from_numpy(data["labels"][train_mask]).to(device)
@@ -434,6 +435,7 @@ class Trainer:
             self.save()
 
     def log_params(self) -> None:
+        """What a new MLflow run is compared by: the experiment, the dataset, the hardware settings."""
         e, ds, a = self.e, self.params.dataset(self.e.dataset), self.accel
         logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
                   **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
@@ -595,6 +597,7 @@ class Trainer:
         return summary
 
     def write_outputs(self) -> dict:
+        """model.pt, losses.csv and train.json (the DVC stage's outputs); the summary."""
         return _write_outputs(self.params, self.name, self.nets.G, self.nets.D, self.e, self.channels, self.size,
                               self.batches.num_classes, self.data, self.fp, self.device, self.st.history)
 
