@@ -128,3 +128,44 @@ def test_grid_matches_torchvision_make_grid_pixel_for_pixel():
         grid = make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
         want = Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy())
         assert np.array_equal(np.asarray(to_grid(x, nrow)), np.asarray(want)), (n, c, size, nrow)
+
+
+def test_setup_errors_are_one_line_and_leave_no_state(prepared):
+    """Every check of the loop's set-up (data shape, labels, size of the training split) fails
+    before a checkpoint, a state dir or an MLflow run exists."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from dcganlab.cli import app
+
+    root, folder = prepared.root, paths.processed_dir(prepared.root, "digits")
+    labels, split = np.load(folder / "labels.npy"), np.load(folder / "split.npy")
+
+    def fails_with(message, **overrides):
+        write_params(root, tiny_params(**overrides))
+        result = CliRunner().invoke(app, ["train", "tiny", "--params", str(root / "params.yaml")])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: ") and message in result.output, result.output
+        assert not paths.state_dir(root, "tiny").exists() and not (root / "mlflow.db").exists()
+
+    fails_with("holds 1x16x16 images but params say 1x32x32", **{"datasets.digits.image_size": 32})
+    np.save(folder / "labels.npy", np.full_like(labels, -1))
+    fails_with("variant 'cgan' needs labeled images", **{"experiments.tiny.variant": "cgan"})
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "split.npy", np.where(np.arange(len(split)) == 0, 0, 1).astype(split.dtype))
+    fails_with("has 1 training images; need at least 2")
+
+
+def test_the_loop_reads_in_short_named_steps():
+    """Issue #13: no function or method of the training loop is longer than about 60 lines."""
+    import ast
+    import inspect
+
+    import dcganlab.train as t
+
+    tree = ast.parse(inspect.getsource(t))
+    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert {"_train", "set_up", "train_epoch", "end_epoch", "finish"} <= lengths.keys()
+    assert {name: n for name, n in lengths.items() if n > 60} == {}
+    assert lengths["_train"] <= 40  # the table of contents

@@ -8,6 +8,9 @@ every `train.checkpoint_every_steps` steps and on SIGTERM / Ctrl-C (then it stop
 Rerunning after an interruption (even SIGKILL) resumes from the last checkpoint, mid-epoch
 included, when its fingerprint (params + data) matches; otherwise training starts afresh.
 A non-finite loss stops the run without overwriting the last good checkpoint.
+
+Reading order: `_train` lists the loop's steps top to bottom (set-up, one epoch, the epoch's
+end, finish); `Trainer` holds what they share, one method per step, in the same order.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +35,7 @@ from dcganlab import paths
 from dcganlab import distributed
 from dcganlab.accel import PLAIN, Accel, resolve
 from dcganlab.atomic import save_png, save_torch, write_csv, write_json
-from dcganlab.config import Params, as_dict
+from dcganlab.config import ExperimentParams, Params, as_dict
 from dcganlab.errors import UserError
 from dcganlab.models import DOut
 from dcganlab.progress import progress as progress_of
@@ -214,11 +218,23 @@ def train(params: Params, name: str, progress: bool = True) -> dict:
 
 
 def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world: distributed.World) -> dict:
-    e = params.experiment(name)
-    ds = params.dataset(e.dataset)
-    variant = VARIANTS[e.variant]
-    root = params.root
-    data_dir = paths.processed_dir(root, e.dataset)
+    """The loop's table of contents; each step is a `Trainer` method below, in this order."""
+    run = Trainer.set_up(params, name, stop, world)  # data, networks, optimizers, grid noise, resume
+    if run.trained_already():
+        return run.rewrite_outputs()
+    run.claim_state_dir()
+    with run.tracking():  # one MLflow run, reopened by every rerun (rank 0 only)
+        run.record_start()
+        for epoch in range(run.st.epoch + 1, run.e.epochs + 1):
+            run.train_epoch(epoch, progress)  # updates, mid-epoch checkpoints, stops on a signal
+            run.end_epoch(epoch)              # health check, metrics, grid, checkpoint, MLflow
+        return run.finish()                   # model.pt, reports, the model in MLflow
+
+
+# ---------------------------------------------------------------- set-up
+def _load_checked(data_dir: Path, e, ds, variant) -> tuple[dict, int]:
+    """The processed data and its number of classes (0 for unconditional variants), after every
+    check that can fail before any work: image shape, variant sizes, labels."""
     data = load_processed(data_dir)
     channels, size = data["images"].shape[1], data["images"].shape[2]
     if (channels, size) != (ds.channels, ds.image_size):
@@ -227,77 +243,301 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
     problem = variant.check(e, ds)
     if problem:
         raise UserError(problem)
-
     num_classes = len(data["stats"]["classes"]) if variant.conditional else 0
     if variant.conditional and (num_classes < 2 or (data["labels"] < 0).any()):
         raise UserError(f"variant '{e.variant}' needs labeled images; {data_dir} has classes {data['stats']['classes']}")
+    return data, num_classes
 
-    t = params.train
-    device = distributed.init(world, pick_device(t.device))
-    accel = resolve(t.amp, t.channels_last, t.compile, device, e.variant)
-    main = world.main  # only rank 0 writes files, prints progress and talks to MLflow
-    train_mask = data["split"] == 0
-    images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
-    labels = torch.from_numpy(data["labels"][train_mask]).to(device)
-    n = len(images)
-    if n < 2:
-        raise UserError(f"dataset '{e.dataset}' has {n} training images; need at least 2")
-    batch = min(e.batch_size, n // world.size)  # per process; one step consumes batch x world.size images
-    if batch < 2:
-        raise UserError(f"dataset '{e.dataset}' has {n} training images: too few for {world.size} processes")
-    global_batch = batch * world.size
-    steps = n // global_batch
 
-    seed = params.seed + e.seed_offset
-    torch.manual_seed(seed)
-    G, D = build_networks(e, channels, size, num_classes)
-    G, D = accel.prepare(G.to(device)), accel.prepare(D.to(device))
-    opt_g, opt_d = variant.optimizers(e, G, D)
-    scaler = accel.scaler()
-    # the training step runs through these: DDP wrappers (gradients averaged across processes)
-    # and/or compiled graphs; G and D themselves are what gets saved and sampled
-    step_G, step_D = distributed.wrap(G, world, device), distributed.wrap(D, world, device)
-    if accel.compile:
-        step_G, step_D = torch.compile(step_G), torch.compile(step_D)
-    if world.active:
-        torch.manual_seed(seed + 1_000_003 * world.rank)  # same init (DDP broadcasts rank 0's), own noise per rank
-    grid_gen = torch.Generator().manual_seed(seed + 1)
-    fixed_z = sample_noise(params.train.grid_size, e.z_dim, e.noise, device, grid_gen)
-    fixed_labels = (torch.arange(params.train.grid_size, device=device) % num_classes) if num_classes else None
-    order = torch.Generator().manual_seed(seed)
-    monitor = Monitor(device, params.train)
+@dataclass
+class Batches:
+    """The training split on the device (uint8, no decoding while training) and how an epoch
+    walks it: `steps` global batches of `global_batch` images, one share per process."""
 
-    state = paths.state_dir(root, name)
-    ckpt_path = state / "checkpoint.pt"
-    fp = fingerprint(params, name, data_dir, world.size)
-    st = resume(ckpt_path, fp, e, name, steps, device, G, D, opt_g, opt_d, order, monitor, world.rank, world.size,
-                scaler if scaler.is_enabled() else None)
-    outputs = (params, name, G, D, e, channels, size, num_classes, data, fp, device)
-    if st.epoch == e.epochs and logged_already(state, e.epochs):
-        # a rerun after a complete training (DVC saw a code change...): rewrite the outputs only;
-        # the model and metrics are in MLflow already and are not logged twice
-        if not main:
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    global_batch: int
+    steps: int
+
+    @classmethod
+    def of(cls, data: dict, num_classes: int, e, world: distributed.World, device) -> "Batches":
+        """Copied to the device once; a split too small for one batch per process is a one-line error."""
+        train_mask = data["split"] == 0
+        images = torch.from_numpy(data["images"][train_mask]).to(device)  # uint8, stays on the device
+        labels = torch.from_numpy(data["labels"][train_mask]).to(device)
+        n = len(images)
+        if n < 2:
+            raise UserError(f"dataset '{e.dataset}' has {n} training images; need at least 2")
+        batch = min(e.batch_size, n // world.size)  # per process; one step consumes batch x world.size images
+        if batch < 2:
+            raise UserError(f"dataset '{e.dataset}' has {n} training images: too few for {world.size} processes")
+        global_batch = batch * world.size
+        return cls(images, labels, num_classes, global_batch, n // global_batch)
+
+    def take(self, perm: torch.Tensor, i: int, world: distributed.World):
+        """(images in [-1, 1], labels or None): this process's share of batch `i` in the order `perm`."""
+        idx = distributed.shard(perm[i * self.global_batch: (i + 1) * self.global_batch], world)
+        real = self.images[idx].float().div_(127.5).sub_(1.0)
+        return real, self.labels[idx] if self.num_classes else None
+
+
+@dataclass
+class Nets:
+    """Both networks with their optimizers and fp16 loss scaler. The training step runs through
+    step_G / step_D: DDP wrappers (gradients averaged across processes) and/or compiled graphs;
+    G and D themselves are what gets saved and sampled."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step_G: torch.nn.Module
+    step_D: torch.nn.Module
+
+    @classmethod
+    def build(cls, e, variant, accel: Accel, world: distributed.World, device, channels: int, size: int,
+              num_classes: int, seed: int) -> "Nets":
+        """Seeded networks (the same on every rank), then each rank's own noise seed."""
+        torch.manual_seed(seed)
+        G, D = build_networks(e, channels, size, num_classes)
+        G, D = accel.prepare(G.to(device)), accel.prepare(D.to(device))
+        opt_g, opt_d = variant.optimizers(e, G, D)
+        scaler = accel.scaler()
+        step_G, step_D = distributed.wrap(G, world, device), distributed.wrap(D, world, device)
+        if accel.compile:
+            step_G, step_D = torch.compile(step_G), torch.compile(step_D)
+        if world.active:
+            torch.manual_seed(seed + 1_000_003 * world.rank)  # same init (DDP broadcasts rank 0's), own noise per rank
+        return cls(G, D, opt_g, opt_d, scaler, step_G, step_D)
+
+
+# ---------------------------------------------------------------- the run's state and steps
+@dataclass
+class Trainer:
+    """What every step of one training run shares. Only rank 0 (`main`) writes files, prints
+    progress and talks to MLflow; the other ranks run the same steps for their collectives."""
+
+    params: Params
+    name: str
+    e: ExperimentParams
+    world: distributed.World
+    stop: GracefulStop
+    device: torch.device
+    accel: Accel
+    data: dict          # the processed arrays and stats (class names go into every model file)
+    batches: Batches
+    nets: Nets
+    fixed_z: torch.Tensor               # the grid's noise, the same every epoch
+    fixed_labels: torch.Tensor | None
+    order: torch.Generator              # the epochs' image order
+    monitor: Monitor
+    fp: str                             # fingerprint(): a checkpoint of other params or data is not resumed
+    st: LoopState = field(default_factory=LoopState)
+    saved: tuple[int, int] = (0, 0)     # the position of the last good checkpoint
+    mlflow: Any = None                  # the mlflow module inside tracking() on rank 0
+
+    @classmethod
+    def set_up(cls, params: Params, name: str, stop: GracefulStop, world: distributed.World) -> "Trainer":
+        """Data, device, networks, optimizers and grid noise; then the checkpoint's state when it is
+        this run's (same fingerprint), which restores weights, optimizers and every RNG."""
+        e, t = params.experiment(name), params.train
+        variant = VARIANTS[e.variant]
+        data_dir = paths.processed_dir(params.root, e.dataset)
+        data, num_classes = _load_checked(data_dir, e, params.dataset(e.dataset), variant)
+        device = distributed.init(world, pick_device(t.device))
+        accel = resolve(t.amp, t.channels_last, t.compile, device, e.variant)
+        batches = Batches.of(data, num_classes, e, world, device)
+        seed = params.seed + e.seed_offset
+        channels, size = data["images"].shape[1], data["images"].shape[2]
+        nets = Nets.build(e, variant, accel, world, device, channels, size, num_classes, seed)
+        fixed_z = sample_noise(t.grid_size, e.z_dim, e.noise, device, torch.Generator().manual_seed(seed + 1))
+        fixed_labels = (torch.arange(t.grid_size, device=device) % num_classes) if num_classes else None
+        run = cls(params, name, e, world, stop, device, accel, data, batches, nets, fixed_z, fixed_labels,
+                  order=torch.Generator().manual_seed(seed), monitor=Monitor(device, t),
+                  fp=fingerprint(params, name, data_dir, world.size))
+        n = run.nets
+        run.st = resume(run.ckpt_path, run.fp, e, name, batches.steps, device, n.G, n.D, n.opt_g, n.opt_d,
+                        run.order, run.monitor, world.rank, world.size, n.scaler if n.scaler.is_enabled() else None)
+        run.saved = (run.st.epoch, run.st.step)
+        return run
+
+    @property
+    def main(self) -> bool:
+        return self.world.main
+
+    @property
+    def state(self) -> Path:
+        return paths.state_dir(self.params.root, self.name)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.state / "checkpoint.pt"
+
+    @property
+    def steps(self) -> int:
+        return self.batches.steps
+
+    @property
+    def channels(self) -> int:
+        return self.data["images"].shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.data["images"].shape[2]
+
+    def trained_already(self) -> bool:
+        """A complete training whose model and metrics are in MLflow already (not one whose `epochs`
+        was raised since)."""
+        return self.st.epoch == self.e.epochs and logged_already(self.state, self.e.epochs)
+
+    def rewrite_outputs(self) -> dict:
+        """A rerun after a complete training (DVC saw a code change...): the outputs only; nothing
+        is logged twice."""
+        if not self.main:
             return {}
-        print(f"{name}: already trained for {e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
-        return _write_outputs(*outputs, st.history)
-    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may clear the state
-    if main:
-        connect(params)  # an unreachable tracking server stops us here, before any state is touched
-        if not st.resumed and state.exists():
-            shutil.rmtree(state)
-        for stale in state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
+        print(f"{self.name}: already trained for {self.e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
+        return self.write_outputs()
+
+    def claim_state_dir(self) -> None:
+        """Check the tracking server, then clear what a fresh run must not inherit (an old run's
+        state, temp files of a killed process)."""
+        distributed.barrier(self.world)  # every rank has read the checkpoint before rank 0 may clear the state
+        if not self.main:
+            return
+        connect(self.params)  # an unreachable tracking server stops us here, before any state is touched
+        if not self.st.resumed and self.state.exists():
+            shutil.rmtree(self.state)
+        for stale in self.state.rglob(".*.tmp*"):  # temp files of a killed process (its atomic writes never finished)
             stale.unlink(missing_ok=True)
-        state.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True)
 
-    every = t.checkpoint_every_steps
-    saved = (st.epoch, st.step)  # the position of the last good checkpoint
+    @contextlib.contextmanager
+    def tracking(self):
+        """The experiment's MLflow run on rank 0, ended FINISHED, KILLED (a signal) or FAILED."""
+        if not self.main:
+            yield
+            return
+        with training_run(self.params, self.name, self.e.dataset, self.e.variant, self.state) as mlflow:
+            self.mlflow = mlflow
+            yield
 
-    def check() -> float:
+    def record_start(self) -> None:
+        """The MLflow run's params (a new run) or missing history (a resumed one), and a fresh run's
+        checkpoint "at the start": from then on every rerun reopens this MLflow run."""
+        if self.main and self.st.resumed:
+            self.mlflow.set_tag("epochs_target", self.e.epochs)  # params are immutable; `epochs` may have been raised
+            backfill(self.mlflow, self.st.history)  # a new run continuing another's checkpoint: the whole history
+        if self.main and not self.mlflow.active_run().data.params:  # a new run (not a reopened one)
+            self.log_params()
+        if not self.st.resumed:
+            self.save()
+
+    def log_params(self) -> None:
+        """What a new MLflow run is compared by: the experiment, the dataset, the hardware settings."""
+        e, ds, a = self.e, self.params.dataset(self.e.dataset), self.accel
+        logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
+                  **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
+                  "seed": self.params.seed, "device": str(self.device), "train_images": len(self.batches.images),
+                  "image_size": self.size, "channels": self.channels,
+                  "processes": self.world.size, "amp": a.amp, "channels_last": a.channels_last, "compile": a.compile}
+        self.mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
+
+    # ------------------------------------------------------------ one epoch
+    def start_epoch(self, epoch: int) -> None:
+        """The epoch's learning rates (exponential decay, stateless for resume) and, unless resuming
+        inside it, a new image order and fresh running sums."""
+        e, st = self.e, self.st
+        for opt, lr in ((self.nets.opt_g, e.lr_g), (self.nets.opt_d, e.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * e.lr_decay ** (epoch - 1)
+        if st.step == 0:  # a new epoch (else: resuming inside it)
+            st.perm = torch.randperm(len(self.batches.images), generator=self.order).to(self.device)
+            st.sums = torch.zeros(4, device=self.device)  # synced at checkpoints and epoch ends only
+            st.epoch_s, self.monitor.longest = 0.0, torch.zeros((), device=self.device)
+
+    def train_epoch(self, epoch: int, progress: bool) -> None:
+        """The epoch's updates (the rest of them when resuming mid-epoch), checkpointing every
+        `train.checkpoint_every_steps` steps and stopping at the next step after a signal."""
+        st, steps, every = self.st, self.steps, self.params.train.checkpoint_every_steps
+        self.start_epoch(epoch)
+        t0 = time.perf_counter()
+        for i in progress_of(range(st.step, steps), f"train {self.name} epoch {epoch}/{self.e.epochs}", steps,
+                             initial=st.step, unit="img", per_item=self.batches.global_batch,
+                             after=(self.e.epochs - epoch) * steps, enabled=progress and self.main):
+            if self.stop_requested(i):
+                st.epoch_s += time.perf_counter() - t0
+                self.halt()
+            global_step = self.update(epoch, i)
+            if every and global_step % every == 0 and st.step < steps:  # (epoch ends checkpoint in end_epoch)
+                st.epoch_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.check()
+                self.save()
+        st.epoch_s += time.perf_counter() - t0
+
+    def update(self, epoch: int, i: int) -> int:
+        """One GAN update on batch `i`; its losses stay on the device (summed, watched). Returns the global step."""
+        real, labels = self.batches.take(self.st.perm, i, self.world)
+        n = self.nets
+        out = train_step(n.step_G, n.step_D, n.opt_g, n.opt_d, self.e, real, labels, self.batches.num_classes,
+                         self.accel, n.scaler)
+        self.st.sums += out
+        global_step = (epoch - 1) * self.steps + i + 1
+        self.monitor.update(out, global_step)
+        self.st.step = i + 1
+        return global_step
+
+    def end_epoch(self, epoch: int) -> None:
+        """Health check, the epoch's mean losses (over every rank), its grid, generator file,
+        history row and checkpoint; then MLflow and the log line."""
+        t, st, t1 = self.params.train, self.st, time.perf_counter()
+        longest = self.check()
+        collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
+        loss_d, loss_g, d_x, d_gz = distributed.all_reduce_mean(st.sums / self.steps, self.world).tolist()
+        grid = self.save_grid(epoch) if self.main else None
+        images = self.steps * self.batches.global_batch
+        wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
+        row = {"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "d_real": d_x, "d_fake": d_gz,
+               "images_per_s": images / st.epoch_s, "images": images,
+               "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
+        st.history.append(row)
+        st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
+        self.save()
+        if self.main:
+            self.report_epoch(row, grid, longest)
+
+    def save_grid(self, epoch: int) -> Image.Image:
+        """The fixed-noise grid and the epoch's generator, kept for figures and per-epoch evaluation."""
+        n = self.nets
+        grid = to_grid(generate(n.G, self.fixed_z, self.fixed_labels))
+        save_png(self.state / "grids" / f"epoch_{epoch:04d}.png", grid)
+        blob = _model_blob(n.G, None, self.e, self.channels, self.size, self.batches.num_classes, self.data, self.fp)
+        save_torch(self.state / "generators" / f"epoch_{epoch:04d}.pt", blob)
+        return grid
+
+    def report_epoch(self, row: dict, grid: Image.Image, longest: float) -> None:
+        """The epoch in MLflow (metrics, grid) and in the log; a collapsed discriminator is flagged in both."""
+        epoch, t = row["epoch"], self.params.train
+        self.mlflow.log_metrics(epoch_metrics(row), step=epoch)
+        self.mlflow.log_image(grid, key="samples", step=epoch)
+        print(f"{self.name} epoch {epoch}/{self.e.epochs}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
+              f"D(x) {row['d_real']:.3f} D(G(z)) {row['d_fake']:.3f} {row['images_per_s']:.0f} img/s")
+        if row["d_collapse"]:
+            self.mlflow.set_tag("d_collapse", "true")
+            print(f"{self.name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
+                  f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
+                  f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
+
+    # ------------------------------------------------------------ checks, checkpoints, stops
+    def check(self) -> float:
         """Stop on a non-finite loss or weight (nothing is written); else the epoch's longest collapse streak."""
-        (bad_step, loss_d, loss_g), weights_ok, longest = monitor.read((G, D))
+        (bad_step, loss_d, loss_g), weights_ok, longest = self.monitor.read((self.nets.G, self.nets.D))
         healthy = bad_step < 0 and weights_ok
-        if distributed.agree_max(int(not healthy), world, device) == 0:  # every rank stops if any rank must
+        if distributed.agree_max(int(not healthy), self.world, self.device) == 0:  # every rank stops if any must
             return longest
+        steps = self.steps
         if healthy:
             what = "non-finite loss or weights in another process"
         elif bad_step >= 0:
@@ -305,117 +545,61 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
             what = (f"non-finite loss at epoch {ep + 1}, step {i + 1}/{steps} (global step {int(bad_step)}: "
                     f"loss_d={loss_d}, loss_g={loss_g})")
         else:
-            what = f"non-finite weights by {st.where(steps)}"
-        raise Diverged(f"{name}: {what}; training stopped, last good checkpoint ({LoopState(*saved).where(steps)}) "
-                       f"kept in {ckpt_path}")
+            what = f"non-finite weights by {self.st.where(steps)}"
+        raise Diverged(f"{self.name}: {what}; training stopped, last good checkpoint "
+                       f"({LoopState(*self.saved).where(steps)}) kept in {self.ckpt_path}")
 
-    def save() -> None:
-        nonlocal saved
-        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
-        if world.active:  # collective: every rank's noise RNG, so a resumed run continues each stream
-            extra["rng_ranks"] = distributed.gather_objects(distributed.rng_state(device), world)
-        if main:
-            save_torch(ckpt_path, checkpoint_blob(st, G, D, opt_g, opt_d, order, monitor, fp, device, extra))
-        saved = (st.epoch, st.step)
+    def save(self) -> None:
+        """A full checkpoint of where we are (collective under torchrun: every rank's noise RNG, so a
+        resumed run continues each stream); rank 0 writes it."""
+        n, st = self.nets, self.st
+        extra = {"scaler": n.scaler.state_dict()} if n.scaler.is_enabled() else {}
+        if self.world.active:
+            extra["rng_ranks"] = distributed.gather_objects(distributed.rng_state(self.device), self.world)
+        if self.main:
+            save_torch(self.ckpt_path, checkpoint_blob(st, n.G, n.D, n.opt_g, n.opt_d, self.order, self.monitor,
+                                                       self.fp, self.device, extra))
+        self.saved = (st.epoch, st.step)
 
-    def stop_requested(i: int) -> bool:
+    def stop_requested(self, i: int) -> bool:
         """A signal arrived (on any rank: under torchrun they agree every 10 steps, one host sync)."""
+        world, stop = self.world, self.stop
         if world.active and i % 10 == 0:
-            stop.signum = distributed.agree_max(stop.signum, world, device)
+            stop.signum = distributed.agree_max(stop.signum, world, self.device)
         return bool(stop.signum) and (not world.active or i % 10 == 0)
 
-    def halt() -> None:
+    def halt(self) -> None:
         """SIGTERM / Ctrl-C: checkpoint where we are (if not there already), then stop."""
-        if saved != (st.epoch, st.step):
-            check()
-            save()
-        raise Interrupted(f"{name}: stopped by {signal.Signals(stop.signum).name}; checkpoint "
-                          f"({LoopState(*saved).where(steps)}) in {ckpt_path}; rerun to resume", stop.signum)
+        if self.saved != (self.st.epoch, self.st.step):
+            self.check()
+            self.save()
+        raise Interrupted(f"{self.name}: stopped by {signal.Signals(self.stop.signum).name}; checkpoint "
+                          f"({LoopState(*self.saved).where(self.steps)}) in {self.ckpt_path}; rerun to resume",
+                          self.stop.signum)
 
-    tracked = training_run(params, name, e.dataset, e.variant, state) if main else contextlib.nullcontext()
-    with tracked as mlflow:
-        if main and st.resumed:
-            mlflow.set_tag("epochs_target", e.epochs)  # params are immutable; `epochs` may have been raised
-            backfill(mlflow, st.history)  # a new run continuing another's checkpoint: the whole history
-        if main and not mlflow.active_run().data.params:  # a new run (not a reopened one)
-            logged = {**{f"experiment.{k}": v for k, v in as_dict(e).items()},
-                      **{f"dataset.{k}": v for k, v in as_dict(ds).items() if k != "path"},
-                      "seed": params.seed, "device": str(device), "train_images": n,
-                      "image_size": size, "channels": channels, "processes": world.size, "amp": accel.amp,
-                      "channels_last": accel.channels_last, "compile": accel.compile}
-            mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
-        if not st.resumed:
-            save()  # checkpoint "at the start": from now on every rerun reopens this MLflow run
-        for epoch in range(st.epoch + 1, e.epochs + 1):
-            for opt, lr in ((opt_g, e.lr_g), (opt_d, e.lr_d)):  # exponential decay, stateless for resume
-                for group in opt.param_groups:
-                    group["lr"] = lr * e.lr_decay ** (epoch - 1)
-            if st.step == 0:  # a new epoch (else: resuming inside it)
-                st.perm = torch.randperm(n, generator=order).to(device)
-                st.sums = torch.zeros(4, device=device)  # synced at checkpoints and epoch ends only
-                st.epoch_s, monitor.longest = 0.0, torch.zeros((), device=device)
-            t0 = time.perf_counter()
-            for i in progress_of(range(st.step, steps), f"train {name} epoch {epoch}/{e.epochs}", steps,
-                                 initial=st.step, unit="img", per_item=global_batch,
-                                 after=(e.epochs - epoch) * steps, enabled=progress and main):
-                if stop_requested(i):
-                    st.epoch_s += time.perf_counter() - t0
-                    halt()
-                idx = distributed.shard(st.perm[i * global_batch: (i + 1) * global_batch], world)
-                real = images[idx].float().div_(127.5).sub_(1.0)
-                out = train_step(step_G, step_D, opt_g, opt_d, e, real, labels[idx] if num_classes else None,
-                                 num_classes, accel, scaler)
-                st.sums += out
-                global_step = (epoch - 1) * steps + i + 1
-                monitor.update(out, global_step)
-                st.step = i + 1
-                if every and global_step % every == 0 and st.step < steps:  # (epoch ends checkpoint below)
-                    st.epoch_s += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    check()
-                    save()
-            st.epoch_s += time.perf_counter() - t0
-            t1 = time.perf_counter()
-
-            longest = check()
-            collapsed = bool(t.collapse_steps) and longest >= t.collapse_steps
-            loss_d_m, loss_g_m, d_x, d_gz = distributed.all_reduce_mean(st.sums / steps, world).tolist()
-            if main:
-                grid = to_grid(generate(G, fixed_z, fixed_labels))
-                save_png(state / "grids" / f"epoch_{epoch:04d}.png", grid)
-                save_torch(state / "generators" / f"epoch_{epoch:04d}.pt",
-                           _model_blob(G, None, e, channels, size, num_classes, data, fp))
-            wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
-            row = {"epoch": epoch, "loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": d_x, "d_fake": d_gz,
-                   "images_per_s": steps * global_batch / st.epoch_s, "images": steps * global_batch,
-                   "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
-            st.history.append(row)
-            st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
-            save()
-            if not main:
-                continue
-            mlflow.log_metrics(epoch_metrics(row), step=epoch)
-            mlflow.log_image(grid, key="samples", step=epoch)
-            print(f"{name} epoch {epoch}/{e.epochs}: loss_d {loss_d_m:.3f} loss_g {loss_g_m:.3f} "
-                  f"D(x) {d_x:.3f} D(G(z)) {d_gz:.3f} {row['images_per_s']:.0f} img/s")
-            if collapsed:
-                mlflow.set_tag("d_collapse", "true")
-                print(f"{name}: warning: discriminator collapse in epoch {epoch}: D(x) > {t.collapse_real} and "
-                      f"D(G(z)) < {t.collapse_fake} for {longest:.0f} consecutive steps "
-                      f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
-        if stop_requested(0):  # came during the last epoch's end: its checkpoint is written
-            halt()
-
-        stop.restore()
-        distributed.barrier(world)
-        if not main:
+    # ------------------------------------------------------------ finish
+    def finish(self) -> dict:
+        """After the last epoch: model.pt and reports, the run's summary metrics and (optionally) the
+        registered model in MLflow, then finished.json, which marks all of it as done."""
+        if self.stop_requested(0):  # came during the last epoch's end: its checkpoint is written
+            self.halt()
+        self.stop.restore()
+        distributed.barrier(self.world)
+        if not self.main:
             return {}  # finishing (outputs, model logging): signals act as usual again
-        summary = _write_outputs(*outputs, st.history)
-        mlflow.log_metrics({"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]})
-        if t.log_model:
-            _log_generator(mlflow, G, e, channels, size, num_classes, name)
-        write_json(finished_path(state), {"run_id": mlflow.active_run().info.run_id, "epochs": e.epochs})
-    return summary
+        summary = self.write_outputs()
+        self.mlflow.log_metrics({"train_images_per_s": summary["images_per_s"],
+                                 "train_wall_s": summary["train_wall_s"]})
+        if self.params.train.log_model:
+            _log_generator(self.mlflow, self.nets.G, self.e, self.channels, self.size, self.batches.num_classes,
+                           self.name)
+        write_json(finished_path(self.state), {"run_id": self.mlflow.active_run().info.run_id, "epochs": self.e.epochs})
+        return summary
+
+    def write_outputs(self) -> dict:
+        """model.pt, losses.csv and train.json (the DVC stage's outputs); the summary."""
+        return _write_outputs(self.params, self.name, self.nets.G, self.nets.D, self.e, self.channels, self.size,
+                              self.batches.num_classes, self.data, self.fp, self.device, self.st.history)
 
 
 def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
