@@ -145,9 +145,9 @@ KIND = {"faces-resnet": ("resnet-dcgan", 96, "folder"), "faces-face-dcgan": ("fa
         "digits-upsample": ("upsample-gan", 28, "fashion-mnist"), "digits-dcgan": ("dcgan", 32, "mnist-subset")}
 
 
-def ev(name, quality=None, size=None, source=None, dataset="d", **metrics):
+def ev(name, quality=None, size=None, source=None, dataset="d", epochs=100, **metrics):
     variant, paper_size, paper_source = KIND.get(name, (name, 32, "mnist"))
-    return Evidence(name, flatten(eval_json(**metrics)), quality, size or paper_size, 5, variant, dataset,
+    return Evidence(name, flatten(eval_json(**metrics)), quality, size or paper_size, epochs, variant, dataset,
                     source or paper_source)
 
 
@@ -220,6 +220,23 @@ def test_each_fitting_experiment_gets_a_row_and_baselines_come_from_the_same_dat
     assert list(table[table["claim"].str.contains("ResNet")]["experiments"]) == ["r1, b1"]
 
 
+def test_fewer_epochs_than_the_paper_void_comparisons_and_refutations_not_a_capability_shown():
+    fast, slow = curve([50, 20, 10, 11, 12]), curve([90, 70, 40, 30, 31])
+    pair = {"faces-resnet": ev("faces-resnet", fast, epochs=3, fid=10, kid=0.1, kid_std=0.01),
+            "faces-face-dcgan": ev("faces-face-dcgan", slow, epochs=3, fid=20, kid=0.5, kid_std=0.01)}
+    _, table = verdicts(pair)
+    row = table[table["claim"].str.contains("ResNet")].iloc[0]
+    assert row["verdict"] == INCONCLUSIVE and "too short: faces-resnet trained 3 of the paper's 20 epochs" in row["reason"]
+    assert row["setup"] == ("scaled down: faces-resnet trained 3 of the paper's 20 epochs; faces-face-dcgan trained 3 of "
+                            "the paper's 20 epochs")
+    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=5.0,
+                                                           fid_real_floor=1.0)}, "ranked")
+    assert verdict == SUPPORTS and "shown although digits-upsample trained 5 of the paper's 30 epochs" in reason
+    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=15.0,
+                                                           fid_real_floor=1.0)}, "ranked")
+    assert verdict == INCONCLUSIVE and "too short: digits-upsample trained 5" in reason
+
+
 def test_a_refutation_from_a_run_still_improving_is_inconclusive():
     rising = curve([90, 70, 50, 40, 30])
     verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", rising, fid=10.0, fid_ranked=15.0,
@@ -259,7 +276,7 @@ def test_conditional_probe_ranked_and_plausible_claims():
 
 
 def test_adding_a_claim_is_one_entry():
-    extra = Claim("recall beats precision", "nobody", (frozenset({"x"}),), Setup((32,), "MNIST digits"),
+    extra = Claim("recall beats precision", "nobody", (frozenset({"x"}),), Setup((32,), "MNIST digits", 1),
                   "recall vs precision",
                   lambda e: ("r vs p", SUPPORTS if e[0].get("recall") > e[0].get("precision") else REFUTES, "compared"))
     table = judge_claims({"x": ev("x", recall=0.9, precision=0.1)}, CLAIMS + [extra])

@@ -11,8 +11,11 @@ Verdicts: "supports", "does not support", "inconclusive". A row is inconclusive 
 - its experiments are not the paper's setup (image size, data): "not the paper's setup:
   <what differs>", followed by what the numbers alone would read at this setup;
 - no experiment of the variant is in params.yaml, or a metric it needs was not measured (n/a);
-- it would refute the claim while an experiment was still improving at its last epoch (too
-  short a run refutes nothing);
+- its experiments trained fewer epochs than the paper: a comparison of two generators may
+  flip either way with more training, so it gets no verdict; a capability shown by one
+  experiment (the requested digit drawn, features that classify) stands, but its refutation
+  does not (too short a run refutes nothing); likewise a refutation from a run whose quality
+  curve was still falling at its last epoch;
 - the measured difference is within the noise scale:
 - comparing two generators: KID difference vs 2 x the combined KID subset std
   (sqrt(std_x^2 + std_y^2)); without KID std, FID difference vs the larger real floor
@@ -195,6 +198,7 @@ class Setup:
     """Where a paper made its claim. An experiment outside it gets no verdict."""
     sizes: tuple[int, ...]                 # image sizes the paper trained at
     data: str                              # the paper's data, in words
+    epochs: int                            # the paper's training length (its preset's epochs)
     sources: frozenset[str] | None = None  # fetch sources of that kind of data; None: the claim is not about the data
                                            # (a verdict then holds for the data it was measured on: the reason says so)
 
@@ -204,6 +208,9 @@ class Setup:
         out += [f"{x.name} on {x.source} data (paper: {self.data})" for x in ev
                 if self.sources is not None and x.source not in self.sources]
         return out
+
+    def short(self, ev: list[Evidence]) -> list[str]:
+        return [f"{x.name} trained {x.epochs} of the paper's {self.epochs} epochs" for x in ev if x.epochs < self.epochs]
 
 
 MNIST_LIKE = frozenset({"mnist", "mnist-subset"})
@@ -227,28 +234,28 @@ def _v(*names: str) -> frozenset[str]:
 CLAIMS: list[Claim] = [
     Claim("two learning rates plus label smoothing 0.9/0.1 with the ResNet generator give clearer images in fewer epochs",
           "improved DCGAN (ResNet generator, anime faces)", (_v("resnet-dcgan"), _v("dcgan", "face-dcgan")),
-          Setup((96,), "96x96 anime faces"),
+          Setup((96,), "96x96 anime faces", 20),
           "final FID/KID vs a DCGAN on the same data; epochs and seconds to first reach the FID level both runs reach",
           judge_resnet, "resnet-exp8"),
     Claim("feature matching with Gaussian smoothing improves the 128x128 model", "cartoon-128 DCGAN",
-          (_v("cartoon-128"), _v("face-dcgan", "dcgan")), Setup((128,), "128x128 cartoon faces"),
+          (_v("cartoon-128"), _v("face-dcgan", "dcgan")), Setup((128,), "128x128 cartoon faces", 50),
           "final FID/KID vs a face DCGAN / DCGAN on the same data", judge_cartoon, "cartoon-128"),
     Claim("the conditional model draws the requested digit", "conditional (AC-GAN) MNIST", (_v("cgan"),),
-          Setup((28, 32), "MNIST digits", MNIST_LIKE),
+          Setup((28, 32), "MNIST digits", 25, MNIST_LIKE),
           "domain classifier's accuracy on generated digits of each requested class, vs chance and vs real digits",
           judge_conditional, "cgan-mnist"),
     Claim("discriminator features classify digits well", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
-          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", MNIST_LIKE | {"fashion-mnist"}),
+          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
           "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "upsample-fashion"),
     Claim("discriminator features are a useful representation for classification", "DCGAN (Radford et al.)",
-          (_v("dcgan"),), Setup((32, 64), "CIFAR-10 / SVHN at 32x32, D of a 64x64 DCGAN"),
+          (_v("dcgan"),), Setup((32, 64), "CIFAR-10 / SVHN at 32x32, D of a 64x64 DCGAN", 25),
           "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "dcgan-fashion64"),
     Claim("discriminator-ranked sampling gives better samples", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
-          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", MNIST_LIKE | {"fashion-mnist"}),
+          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
           "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples",
           judge_ranked, "upsample-fashion"),
     Claim("DCGAN generates plausible digits", "DCGAN (Radford et al.)", (_v("dcgan"),),
-          Setup((28, 32, 64), "MNIST digits", MNIST_LIKE),
+          Setup((28, 32, 64), "MNIST digits", 25, MNIST_LIKE),
           "k-NN precision vs real-vs-real precision, and mode coverage of the domain classifier", judge_plausible),
 ]
 
@@ -271,10 +278,14 @@ def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
     except Missing as err:
         return {"measured": "n/a", "verdict": INCONCLUSIVE, "reason": str(err), "setup": _setup_text(claim, ev)}
     rising = [x.name for x in ev if still_improving(x.quality)]  # too few epochs: this may change with more
-    if verdict == REFUTES and rising:
+    short = claim.setup.short(ev)
+    if short and (len(ev) > 1 or verdict == REFUTES):  # a comparison may flip either way with more training;
+        verdict, reason = INCONCLUSIVE, f"{reason}; too short: {'; '.join(short)}"  # a capability shown stands
+    elif verdict == REFUTES and rising:
         verdict, reason = INCONCLUSIVE, f"{reason}; too short to refute: {', '.join(rising)} still improving"
-    elif rising:
-        reason += f"; {', '.join(rising)} still improving at the last epoch (too few epochs?)"
+    elif rising or short:
+        reason += "".join(f"; {n} still improving at the last epoch (too few epochs?)" for n in rising)
+        reason += "".join(f"; shown although {s}" for s in short)
     differs = claim.setup.differs(ev)
     if differs:
         reason = f"not the paper's setup: {'; '.join(differs)}. At this setup the numbers alone read '{verdict}': {reason}"
@@ -285,7 +296,7 @@ def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
 
 
 def _setup_text(claim: Claim, ev: list[Evidence]) -> str:
-    differs = claim.setup.differs(ev)
+    differs = claim.setup.differs(ev) + claim.setup.short(ev)
     if differs:
         return "scaled down: " + "; ".join(differs)
     if claim.setup.sources is None:
