@@ -285,7 +285,7 @@ def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
         verdict, reason = INCONCLUSIVE, f"{reason}; too short to refute: {', '.join(rising)} still improving"
     elif rising or short:
         reason += "".join(f"; {n} still improving at the last epoch (too few epochs?)" for n in rising)
-        reason += "".join(f"; shown although {s}" for s in short)
+        reason += "".join(f"; {'shown although ' if verdict == SUPPORTS else ''}{s}" for s in short)
     differs = claim.setup.differs(ev)
     if differs:
         reason = f"not the paper's setup: {'; '.join(differs)}. At this setup the numbers alone read '{verdict}': {reason}"
