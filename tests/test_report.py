@@ -199,7 +199,7 @@ def test_a_scaled_down_experiment_gets_no_verdict_but_says_what_the_numbers_read
     assert row["reason"].startswith("not the paper's setup: faces-resnet at 32x32 (paper: 96x96); "
                                     "faces-face-dcgan at 32x32 (paper: 96x96). At this setup the numbers alone read "
                                     "'supports'")
-    assert row["setup"].startswith("scaled down: faces-resnet at 32x32")
+    assert row["setup"].startswith("not the paper's: faces-resnet at 32x32")
     # the paper's size on other data: a verdict, for that data
     row = verdicts({n: ev(n, q, source="fashion-mnist", fid=f, kid=k, kid_std=0.01) for n, q, f, k in
                     [("faces-resnet", fast, 10, 0.1), ("faces-face-dcgan", slow, 20, 0.5)]})[1].iloc[0]
@@ -227,8 +227,8 @@ def test_fewer_epochs_than_the_paper_void_comparisons_and_refutations_not_a_capa
     _, table = verdicts(pair)
     row = table[table["claim"].str.contains("ResNet")].iloc[0]
     assert row["verdict"] == INCONCLUSIVE and "too short: faces-resnet trained 3 of the paper's 20 epochs" in row["reason"]
-    assert row["setup"] == ("scaled down: faces-resnet trained 3 of the paper's 20 epochs; faces-face-dcgan trained 3 of "
-                            "the paper's 20 epochs")
+    assert row["setup"] == ("paper's image size; data folder (paper: 96x96 anime faces); shorter: faces-resnet trained 3 "
+                            "of the paper's 20 epochs; shorter: faces-face-dcgan trained 3 of the paper's 20 epochs")
     verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=5.0,
                                                            fid_real_floor=1.0)}, "ranked")
     assert verdict == SUPPORTS and "shown although digits-upsample trained 5 of the paper's 30 epochs" in reason

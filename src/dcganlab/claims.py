@@ -296,12 +296,15 @@ def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
 
 
 def _setup_text(claim: Claim, ev: list[Evidence]) -> str:
-    differs = claim.setup.differs(ev) + claim.setup.short(ev)
+    """The claims table's `setup` column: the paper's, or what differs from it (size, data, training length)."""
+    differs, short = claim.setup.differs(ev), claim.setup.short(ev)
     if differs:
-        return "scaled down: " + "; ".join(differs)
-    if claim.setup.sources is None:
-        return f"paper's image size; data {', '.join(sorted({x.source for x in ev}))} (paper: {claim.setup.data})"
-    return "paper's"
+        head = "not the paper's: " + "; ".join(differs)
+    elif claim.setup.sources is None:
+        head = f"paper's image size; data {', '.join(sorted({x.source for x in ev}))} (paper: {claim.setup.data})"
+    else:
+        head = "paper's size and data"
+    return head + "".join(f"; shorter: {s}" for s in short)
 
 
 def judge_claims(evidence: dict[str, Evidence], claims: list[Claim] = CLAIMS) -> pd.DataFrame:

@@ -226,8 +226,10 @@ def report(params: Params) -> dict:
         ("ul", [_how_computed(n, metrics[n], quality[n]) for n in metrics]),
         ("h2", "Claims of the seed papers"),
         ("p", "Each claim next to what this pipeline measured, one row per experiment it fits. `setup` says whether "
-              "the experiment is the paper's setting (image size, data) or scaled down; scaled-down rows get no verdict "
-              "(`inconclusive`), and their reason says what the numbers alone would read. A verdict is also "
+              "the experiment is the paper's setting (image size, data, training length) or what differs from it; rows "
+              "off the paper's size or data get no verdict (`inconclusive`), and their reason says what the numbers "
+              "alone would read; fewer epochs than the paper voids comparisons and refutations, not a capability "
+              "shown. A verdict is also "
               "`inconclusive` when no experiment of the claim's variant is in params.yaml, a needed metric was not "
               "measured, a refutation comes from a run still improving at its last epoch, or the difference is within "
               "the noise scale (2 x the combined KID subset std, the real FID floor, or 2 binomial standard errors)."),
