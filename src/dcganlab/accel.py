@@ -5,9 +5,9 @@ fastest setting that is safe on this hardware:
 - CUDA: bf16 autocast (fp16 + GradScaler where bf16 is not supported) and channels_last;
 - a CPU with native bf16 (AVX512-BF16 or AMX, as torch itself detects them): bf16 autocast
   and channels_last (oneDNN's bf16 convolutions run fastest on NHWC): about 1.8x the fp32
-  images/s of the classic 64x64 DCGAN on a 2-core EPYC (README "Performance");
+  images/s of the classic 64x64 DCGAN on a 2-core EPYC (docs/performance.md);
 - any other CPU: plain fp32. Without native bf16 the CPU emulates it, slower than fp32.
-Quality holds with bf16 for every variant we measured (README "Performance": FID/KID of
+Quality holds with bf16 for every variant we measured (docs/performance.md: FID/KID of
 digits-dcgan and faces-face-dcgan in fp32 and auto, within noise); `FP32_VARIANTS` lists
 variants that auto keeps in fp32, should one lose quality.
 """

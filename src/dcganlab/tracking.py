@@ -158,7 +158,7 @@ def connect(params: Params):
 # An experiment's kind for the MLflow UI: "custom_model_development" is the value its front end
 # writes when a user picks "Machine learning" (vs "GenAI apps & agents", `genai_development`): our
 # experiments hold training runs, not traces. MLflow 3.17's UI picks its view from a sidebar switch
-# (GenAI unless changed) rather than from this tag: README "MLflow" gives the link that opens runs.
+# (GenAI unless changed) rather than from this tag: docs/mlflow.md gives the link that opens runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
