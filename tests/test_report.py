@@ -189,20 +189,25 @@ def test_resnet_claim_supports_refutes_and_inconclusive():
     assert "dcganlab preset resnet-exp8" in reason
 
 
+def resnet_row(fast, slow, **setup):
+    """The ResNet claim's row for a ResNet run (curve `fast`, FID 10, KID 0.1) against a face DCGAN
+    (curve `slow`, FID 20, KID 0.5), both with `setup` (size, source, epochs)."""
+    pair = {"faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01, **setup),
+            "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01, **setup)}
+    _, table = verdicts(pair)
+    return table[table["claim"].str.contains("ResNet")].iloc[0]
+
+
 def test_a_scaled_down_experiment_gets_no_verdict_but_says_what_the_numbers_read():
     fast, slow = curve([50, 20, 12, 11, 10]), curve([90, 70, 40, 25, 20])
-    small = {"faces-resnet": ev("faces-resnet", fast, size=32, fid=10, kid=0.1, kid_std=0.01),
-             "faces-face-dcgan": ev("faces-face-dcgan", slow, size=32, fid=20, kid=0.5, kid_std=0.01)}
-    _, table = verdicts(small)
-    row = table[table["claim"].str.contains("ResNet")].iloc[0]
+    row = resnet_row(fast, slow, size=32)
     assert row["verdict"] == INCONCLUSIVE
     assert row["reason"].startswith("not the paper's setup: faces-resnet at 32x32 (paper: 96x96); "
                                     "faces-face-dcgan at 32x32 (paper: 96x96). At this setup the numbers alone read "
                                     "'supports'")
     assert row["setup"].startswith("not the paper's: faces-resnet at 32x32")
     # the paper's size on other data: a verdict, for that data
-    row = verdicts({n: ev(n, q, source="fashion-mnist", fid=f, kid=k, kid_std=0.01) for n, q, f, k in
-                    [("faces-resnet", fast, 10, 0.1), ("faces-face-dcgan", slow, 20, 0.5)]})[1].iloc[0]
+    row = resnet_row(fast, slow, source="fashion-mnist")
     assert row["verdict"] == SUPPORTS and "holds for fashion-mnist data (paper: 96x96 anime faces)" in row["reason"]
     assert row["setup"] == "paper's image size; data fashion-mnist (paper: 96x96 anime faces)"
     # a claim about the kind of data: other data is not the paper's setup
@@ -222,10 +227,7 @@ def test_each_fitting_experiment_gets_a_row_and_baselines_come_from_the_same_dat
 
 def test_fewer_epochs_than_the_paper_void_comparisons_and_refutations_not_a_capability_shown():
     fast, slow = curve([50, 20, 10, 11, 12]), curve([90, 70, 40, 30, 31])
-    pair = {"faces-resnet": ev("faces-resnet", fast, epochs=3, fid=10, kid=0.1, kid_std=0.01),
-            "faces-face-dcgan": ev("faces-face-dcgan", slow, epochs=3, fid=20, kid=0.5, kid_std=0.01)}
-    _, table = verdicts(pair)
-    row = table[table["claim"].str.contains("ResNet")].iloc[0]
+    row = resnet_row(fast, slow, epochs=3)
     assert row["verdict"] == INCONCLUSIVE and "too short: faces-resnet trained 3 of the paper's 20 epochs" in row["reason"]
     assert row["setup"] == ("paper's image size; data folder (paper: 96x96 anime faces); shorter: faces-resnet trained 3 "
                             "of the paper's 20 epochs; shorter: faces-face-dcgan trained 3 of the paper's 20 epochs")
