@@ -194,10 +194,15 @@ def _celeba_dir(root: Path) -> Path | None:
 _READERS = {"mnist": _mnist_like, "fashion-mnist": _mnist_like, "cifar10": _cifar10, "stl10": _stl10}
 
 
+def _read(source: str, folder: Path, split: str):
+    """The dataset's items from its official files under `folder` (CelebA: its JPEG folder), or None."""
+    return _celeba_dir(folder) if source == "celeba" else _READERS[source](folder, split)
+
+
 def local_source(source: str, folder: Path, split: str):
     """The official files the user already has in `folder`: checked, read, never downloaded."""
     folder = _check_folder(str(folder))
-    found = _celeba_dir(folder) if source == "celeba" else _READERS[source](folder, split)
+    found = _read(source, folder, split)
     if found is None:
         raise UserError(f"{source} ({split}): the official files are not under {folder} (nothing is downloaded "
                         f"when datasets.<name>.path is set)")
@@ -207,16 +212,11 @@ def local_source(source: str, folder: Path, split: str):
 
 def download_source(source: str, root: Path, split: str):
     """Return an iterator of (HxW[xC] uint8, label), downloading first when needed."""
-    readers = _READERS
     sub = root / source
-    if source == "celeba":
-        if _celeba_dir(sub) is None:
-            _download(source, sub, split)
-        return _celeba_dir(sub)
-    found = readers[source](sub, split)
+    found = _read(source, sub, split)
     if found is None:
         _download(source, sub, split)
-        found = readers[source](sub, split)
+        found = _read(source, sub, split)
     if found is None:
         raise UserError(f"{source}: files not found under {sub} after download")
     return found
