@@ -24,19 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
 from dcganlab.config import ExperimentParams
 from dcganlab.evaluate import fid_kid_features
 from dcganlab.extractor import embed, load_extractor, to_float
-from dcganlab.train import build_networks, generate, sample_noise, train_step
+from dcganlab.train import bce, build_networks, generate, sample_noise, train_step
 from dcganlab.variants import VARIANTS
-
-
-def bce(logit, target):
-    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
 
 
 def keras_step(G, D, opt_g, opt_d, real, z_dim, predict_mode: bool):
