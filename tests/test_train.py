@@ -68,6 +68,9 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     assert "git_commit" in run.data.tags
     assert run.data.params["experiment.lr_g"] == "0.0002"
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(run.data.metrics)
+    client = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}")
+    images = [a.path for a in client.list_artifacts(run_id, "images")]  # the epoch's grid, in the store
+    assert any("samples+step+1+" in p and p.endswith(".png") for p in images), images
 
 
 def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(tmp_path):

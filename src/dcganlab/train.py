@@ -521,7 +521,9 @@ class Trainer:
         """The epoch in MLflow (metrics, grid) and in the log; a collapsed discriminator is flagged in both."""
         epoch, t = row["epoch"], self.params.train
         self.mlflow.log_metrics(epoch_metrics(row), step=epoch)
-        self.mlflow.log_image(grid, key="samples", step=epoch)
+        # synchronous: MLflow's async image queue polls once a second, so ending the run waited ~1 s
+        # for it; a grid per epoch is one small PNG, and it is in the store when the epoch is reported
+        self.mlflow.log_image(grid, key="samples", step=epoch, synchronous=True)
         print(f"{self.name} epoch {epoch}/{self.e.epochs}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
               f"D(x) {row['d_real']:.3f} D(G(z)) {row['d_fake']:.3f} {row['images_per_s']:.0f} img/s")
         if row["d_collapse"]:
