@@ -346,7 +346,7 @@ def main() -> None:
     finally:
         # The interpreter's last garbage collections walk every object the imports made (torch,
         # MLflow: 1.3 s of a training process's exit, measured). Frozen objects are skipped; the
-        # OS takes the memory back, and atexit handlers and finalizers still run.
+        # OS takes the memory back; atexit handlers (MLflow ends an open run there) still run.
         gc.freeze()
 
 
