@@ -62,14 +62,14 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     assert losses[0].startswith("epoch,loss_d,loss_g,d_real,d_fake")
 
     run_id = json.loads((state / "mlflow_run.json").read_text())["run_id"]
-    run = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}").get_run(run_id)
+    client = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}")
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == \
         {"variant": "dcgan", "dataset": "digits", "experiment": "tiny"}
     assert "git_commit" in run.data.tags
     assert run.data.params["experiment.lr_g"] == "0.0002"
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(run.data.metrics)
-    client = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}")
     images = [a.path for a in client.list_artifacts(run_id, "images")]  # the epoch's grid, in the store
     assert any("samples+step+1+" in p and p.endswith(".png") for p in images), images
     # logged synchronously: MLflow's async image queue (polled once a second) cost ~1 s at the run's end
