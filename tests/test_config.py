@@ -52,6 +52,8 @@ BAD_VALUES = [
     ("seed", -1, "seed: must be in 0..4294967295"),
     ("seed", "zero", "seed: expected int"),
     ("train.device", "gpu", "train.device: 'gpu' is not"),
+    ("train.serve_max_latents", 0, "train.serve_max_latents: must be in 1..4096"),
+    ("train.serve_max_latents", 4097, "train.serve_max_latents: must be in 1..4096"),
     ("evaluate.batch_size", 0, "evaluate.batch_size: must be >= 1"),
     ("extractor.features", 0, "extractor.features: must be >= 1"),
     ("sample.interpolation_pairs", 0, "sample.interpolation_pairs: must be >= 1"),

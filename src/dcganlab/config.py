@@ -75,6 +75,7 @@ class TrainParams:
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     grid_size: int = 64          # fixed-noise samples in each epoch's grid
     log_model: bool = True       # log the final generator as an MLflow model
+    serve_max_latents: int = 256  # latents per request the logged model takes (the reply: ~22 KB of JSON per 32x32 digit)
     checkpoint_every_steps: int = 0  # also checkpoint every N (global) steps, for mid-epoch resume (0 = epoch ends only)
     collapse_real: float = 0.99  # discriminator collapse: D(x) above this ...
     collapse_fake: float = 0.01  # ... and D(G(z)) below this ...
@@ -271,6 +272,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.extractor.features >= 1, "extractor.features: must be >= 1")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0")
+    # the served model's reply grows with it (4096 32x32 digits: ~90 MB of JSON) and so does its body limit
+    need(1 <= p.train.serve_max_latents <= 4096, "train.serve_max_latents: must be in 1..4096")
     need(0.0 <= p.train.collapse_real <= 1.0 and 0.0 <= p.train.collapse_fake <= 1.0,
          "train.collapse_real/collapse_fake: must be in [0, 1]")
     need(p.train.collapse_steps >= 0, "train.collapse_steps: must be >= 0")

@@ -9,15 +9,32 @@ model's requirements short (see `requirements`).
 
 Input: z, float32 (N, z_dim), as an array or {"z": ...}; conditional generators also take
 {"labels": int64 (N,)}. Output: images, float32 (N, C, H, W) in [-1, 1].
+At most `max_latents` latents per call (the model config logged with it, from
+`train.serve_max_latents`): the reply of N images is N*C*H*W floats, ~22 KB of JSON per 32x32
+digit. Latents must be finite and labels integers in range; a refusal is a `BadInput` (a
+ValueError, and a 400 with its message from `mlflow models serve`). Under `mlflow models serve`
+the model also bounds and checks the request body before MLflow parses it (request_gate.py).
 """
 from __future__ import annotations
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 WEIGHTS = "generator"  # the artifact key of the weights file
+MAX_LATENTS = "max_latents"  # the model config key of the per-request cap
+
+
+class BadInput(MlflowException, ValueError):
+    """Input the generator refuses. A ValueError to Python callers; MLflow's scoring server
+    answers an MlflowException with its own message and status (400 here), and any other
+    exception with a generic 400 that hides the message."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def requirements() -> list[str]:
@@ -65,21 +82,32 @@ class GeneratorModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
+        from dcganlab import request_gate
+        from dcganlab.config import TrainParams
+
         blob = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         self.G, self.num_classes = build_generator(blob), blob["num_classes"]
+        self.max_latents = int((context.model_config or {}).get(MAX_LATENTS, TrainParams.serve_max_latents))
+        request_gate.install(request_gate.Limits(self.max_latents, blob["experiment"]["z_dim"], self.num_classes))
 
     def predict(self, context, model_input, params=None):
         z, labels = _unpack(model_input)
-        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        z = np.asarray(z, dtype=np.float32)
+        if len(z) > self.max_latents:
+            raise BadInput(f"too many latents: {len(z)}, this model generates at most {self.max_latents} images "
+                           "per request (its serve_max_latents); split the latents over several requests")
+        if not np.isfinite(z).all():
+            raise BadInput("latents must be finite numbers: got NaN or infinity")
         with torch.no_grad():
-            return self.G(z, self._labels(labels, len(z))).numpy()
+            return self.G(torch.as_tensor(z), self._labels(labels, len(z))).numpy()
 
     def _labels(self, labels, n: int):
         if not self.num_classes:
             return None  # unconditional: labels, if given, are ignored
         y = None if labels is None else np.asarray(labels).reshape(-1)
-        if y is None or len(y) != n or not np.isin(y, np.arange(self.num_classes)).all():
-            raise ValueError(f"this conditional generator needs 'labels': {n} integers in 0..{self.num_classes - 1}")
+        if (y is None or len(y) != n or y.dtype == bool or not np.issubdtype(y.dtype, np.integer)
+                or not np.isin(y, np.arange(self.num_classes)).all()):
+            raise BadInput(f"this conditional generator needs 'labels': {n} integers in 0..{self.num_classes - 1}")
         return torch.as_tensor(y.astype(np.int64))
 
 

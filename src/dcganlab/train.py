@@ -594,7 +594,7 @@ class Trainer:
                                  "train_wall_s": summary["train_wall_s"]})
         if self.params.train.log_model:
             _log_generator(self.mlflow, self.nets.G, self.e, self.channels, self.size, self.batches.num_classes,
-                           self.name)
+                           self.name, self.params.train.serve_max_latents)
         write_json(finished_path(self.state), {"run_id": self.mlflow.active_run().info.run_id, "epochs": self.e.epochs})
         return summary
 
@@ -613,10 +613,12 @@ def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
     return blob
 
 
-def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, registered_name: str) -> None:
+def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, registered_name: str,
+                   max_latents: int) -> None:
     """The final generator as an MLflow pyfunc model (serving.py, "models from code": its weights
     are a tensor file, nothing is unpickled at load), registered as a new version of
-    `registered_name`. Input: z (N, z_dim) float32, plus labels (N,) int64 for conditional variants."""
+    `registered_name`. Input: z (N, z_dim) float32, plus labels (N,) int64 for conditional variants;
+    at most `max_latents` latents per call (the model config, which travels with the model)."""
     import tempfile
 
     from dcganlab import serving
@@ -635,6 +637,7 @@ def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, reg
         mlflow.pyfunc.log_model(name="generator", python_model=serving.__file__,
                                 artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
                                 signature=signature, input_example=example,
+                                model_config={serving.MAX_LATENTS: max_latents},
                                 pip_requirements=serving.requirements(), registered_model_name=registered_name)
 
 
