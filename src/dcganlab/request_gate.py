@@ -97,9 +97,9 @@ class RequestGate:
         await self.app(scope, _replay(body, receive), send)
 
     def _too_large(self, size: int | None) -> str:
-        got = f"{size} bytes" if size is not None else "more"
-        return (f"request body too large: {got}, this model takes at most {self.limits.max_bytes} bytes "
-                f"(up to {self.limits.max_latents} latents per request, the model's serve_max_latents); "
+        sent = f"{size} bytes" if size is not None else "streamed past the limit"
+        return (f"request body too large ({sent}): this model takes at most {self.limits.max_bytes} bytes "
+                f"(up to {self.limits.max_latents} latents per request, its serve_max_latents); "
                 "split the latents over several requests")
 
 

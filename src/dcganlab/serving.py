@@ -105,7 +105,8 @@ class GeneratorModel(PythonModel):
         if not self.num_classes:
             return None  # unconditional: labels, if given, are ignored
         y = None if labels is None else np.asarray(labels).reshape(-1)
-        if (y is None or len(y) != n or y.dtype == bool or not np.issubdtype(y.dtype, np.integer)
+        # np.bool_ is not an np.integer: True is not label 1
+        if (y is None or len(y) != n or not np.issubdtype(y.dtype, np.integer)
                 or not np.isin(y, np.arange(self.num_classes)).all()):
             raise BadInput(f"this conditional generator needs 'labels': {n} integers in 0..{self.num_classes - 1}")
         return torch.as_tensor(y.astype(np.int64))
