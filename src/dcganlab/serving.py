@@ -2,9 +2,9 @@
 
 MLflow runs this file when it loads the logged model (`mlflow.pyfunc.load_model`,
 `mlflow models serve`): nothing is cloudpickled. The weights travel as an artifact (a plain
-tensor dict, read with `torch.load(weights_only=True)`) and the dcganlab package as the
+tensor dict, read with `torch.load(weights_only=True)` by files.py) and the dcganlab package as the
 model's `code_paths`, so any Python with the logged requirements can rebuild the generator.
-Only torch, numpy, pyyaml and the network definitions are imported here, which keeps the
+Only torch, numpy, pyyaml, files.py and the network definitions are imported here, which keeps the
 model's requirements short (see `requirements`).
 
 Input: z, float32 (N, z_dim), as an array or {"z": ...}; conditional generators also take
@@ -17,7 +17,11 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
 
+from dcganlab.files import load_torch
+
 WEIGHTS = "generator"  # the artifact key of the weights file
+KEYS = ("state_dict", "experiment", "channels", "image_size", "num_classes")  # what generator_blob writes
+REMEDY = "log the model again: delete models/<exp>/train/finished.json and rerun `dcganlab train <exp>`"
 
 
 def requirements() -> list[str]:
@@ -65,7 +69,7 @@ class GeneratorModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        blob = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
+        blob = load_torch(context.artifacts[WEIGHTS], "generator weights", REMEDY, keys=KEYS)
         self.G, self.num_classes = build_generator(blob), blob["num_classes"]
 
     def predict(self, context, model_input, params=None):
