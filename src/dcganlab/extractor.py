@@ -114,7 +114,8 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
 def load_extractor(path: Path) -> tuple[DomainNet, dict]:
     if not path.is_file():
         raise UserError(f"no feature extractor at {path} (run `dcganlab extractor` first)")
-    blob = load_torch(path, "feature extractor", dvc_output(path, f"extractor@{path.stem}"), keys=("state_dict", "info"))
+    remedy = dvc_output(path, f"extractor@{path.stem}")
+    blob = load_torch(path, "feature extractor", remedy, keys=("state_dict", "info"))
     info = blob["info"]
     net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]))
     net.load_state_dict(blob["state_dict"])

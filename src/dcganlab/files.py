@@ -73,7 +73,8 @@ def load_torch(path: str | Path, what: str, remedy: str, keys: tuple[str, ...] =
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - RuntimeError (zip), EOFError, UnpicklingError, OSError...
-        raise Unreadable(path, what, _reason(path, exc, "truncated, or not a tensor-only PyTorch file"), remedy) from None
+        reason = _reason(path, exc, "truncated, or not a tensor-only PyTorch file")
+        raise Unreadable(path, what, reason, remedy) from None
     missing = [k for k in keys if not isinstance(blob, dict) or k not in blob]
     if missing:
         raise Unreadable(path, what, f"no '{missing[0]}' in it", remedy)
@@ -165,4 +166,4 @@ def cannot_write(path: str | Path, exc: OSError) -> UserError:
     else:
         todo = "check the disk and rerun"
     reason = exc.strerror or type(exc).__name__
-    return UserError(f"{shown(path)}: could not write ({reason}); {todo} (the previous file, if any, is unchanged)")
+    return UserError(f"{shown(path)}: could not write ({reason}); {todo} (the previous output, if any, is unchanged)")

@@ -61,6 +61,11 @@ def read_quality(path: Path) -> pd.DataFrame | None:
     return q.dropna(subset=["fid"]).sort_values("epoch")
 
 
+def arithmetic(samples: Path, name: str) -> dict:
+    """The latent-arithmetic summary the sample stage left in figures.json."""
+    return read_json(samples / "figures.json", "sample figures", dvc_output(samples, f"sample@{name}"))["arithmetic"]
+
+
 def comparison_table(metrics: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, m in metrics.items():
@@ -192,7 +197,7 @@ def report(params: Params) -> dict:
         quality[name] = read_quality(paths.quality_path(root, name))
         figures_json = paths.samples_dir(root, name) / "figures.json"
         if figures_json.is_file():  # a sample-stage number worth tracking next to the metrics
-            agreement = read_json(figures_json, "sample figures", dvc_output(figures_json.parent, f"sample@{name}"))["arithmetic"].get("agreement")
+            agreement = arithmetic(figures_json.parent, name).get("agreement")
             metrics[name]["arithmetic_agreement"] = agreement
         ds = params.dataset(e.dataset)
         evidence[name] = Evidence(name, metrics[name], quality[name], ds.image_size,
@@ -251,7 +256,7 @@ def report(params: Params) -> dict:
         if not shown:
             blocks.append(("p", f"samples: n/a (no {samples.relative_to(root)})"))
         if (samples / "figures.json").is_file():
-            a = read_json(samples / "figures.json", "sample figures", dvc_output(samples, f"sample@{name}"))["arithmetic"]
+            a = arithmetic(samples, name)
             text = f"Latent arithmetic ({a['mode']}): {a['note']}."
             ok = sum(r["ok"] for r in a["rows"])
             text += f" Skipped: {a['skipped']}." if a.get("skipped") else f" {ok} of {len(a['rows'])} came out as expected."
