@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from contextlib import chdir, contextmanager
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from conftest import prepare_project
+from conftest import copy_project, prepare_project, run_cmd
 from dcganlab.cli import app
 
 pytestmark = pytest.mark.slow
@@ -87,7 +88,7 @@ CASES = [
     *[case("models/tiny/train/checkpoint.pt", how, "train tiny", "delete it to retrain from scratch") for how in HOW],
     case("models/tiny/train/checkpoint.pt", "random", "quality tiny", "delete it to retrain from scratch"),
     case("models/tiny/train/generators/epoch_0001.pt", "truncated", "quality tiny", "delete it",
-         "dvc checkout models/tiny/train"),
+         "dvc checkout --force models/tiny/train"),
     *[case("models/tiny/model.pt", how, "sample tiny", "dvc checkout", "dvc repro train@tiny") for how in HOW],
     case("models/tiny/model.pt", "empty", "evaluate tiny", "dvc checkout", "dvc repro train@tiny"),
     case("models/extractors/digits.pt", "random", "evaluate tiny", "dvc checkout", "dvc repro extractor@digits"),
@@ -98,7 +99,7 @@ CASES = [
     case("data/raw/digits/manifest.csv", "empty", "prepare digits", "dvc checkout", "dvc repro fetch@digits"),
     case("data/raw/digits/manifest.csv", "random", "prepare digits", "dvc repro fetch@digits"),
     case("models/tiny/train/grids/epoch_0001.png", "truncated", "sample tiny", "delete it",
-         "dvc checkout models/tiny/train"),
+         "dvc checkout --force models/tiny/train"),
     case("reports/eval/tiny.json", "truncated", "report", "dvc checkout", "dvc repro evaluate@tiny"),
     case("reports/quality/tiny.csv", "empty", "report", "dvc repro quality@tiny"),
     case("reports/samples/tiny/figures.json", "random", "report", "dvc repro sample@tiny"),
@@ -128,6 +129,25 @@ def test_the_whole_process_prints_one_line_for_a_truncated_checkpoint(built):
                                 text=True, env=env, timeout=300)
     assert result.returncode == 1
     one_line(result.stderr, "models/tiny/train/checkpoint.pt", "delete it to retrain from scratch")
+
+
+def test_the_dvc_checkout_the_line_suggests_restores_the_file(dvc_baseline, tmp_path):
+    """The remedy works as printed: in a copy of the `dvc repro` baseline, the suggested command
+    restores a damaged model, a processed array and a per-epoch generator (a persisted output)."""
+    src, env, _ = dvc_baseline
+    root = copy_project(src, tmp_path / "project")
+    for rel, command in (("models/tiny/model.pt", "sample tiny"), ("data/processed/digits/images.npy", "train tiny"),
+                         ("models/tiny/train/generators/epoch_0001.pt", "quality tiny")):
+        path = root / rel
+        original = path.read_bytes()
+        damage(path, "random")
+        result = subprocess.run([sys.executable, "-m", "dcganlab", *command.split()], cwd=root, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1
+        line = one_line(result.stderr, rel)
+        suggested = re.search(r"`(dvc checkout [^`]+)`", line).group(1).split()
+        run_cmd([sys.executable, "-m", *suggested], root, env)
+        assert path.read_bytes() == original, line
 
 
 @pytest.mark.parametrize("how", HOW)

@@ -26,7 +26,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 
 
 def restore(output: str | Path) -> str:
-    return f"restore it with `dvc checkout {shown(output)}`"
+    """--force: without it DVC refuses to replace a file whose content is not in its cache (a
+    damaged one), "Can't remove the following unsaved files without confirmation"."""
+    return f"restore it with `dvc checkout --force {shown(output)}`"
 
 
 def dvc_output(output: str | Path, stage: str) -> str:
