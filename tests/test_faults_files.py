@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import copy_project, prepare_project, run_cmd
@@ -156,8 +157,6 @@ def test_damaged_inception_weights_are_reported_in_the_metrics_not_relayed(tmp_p
     from dcganlab.inception import load_inception
 
     weights = tmp_path / "w.pth"
-    import torch
-
     torch.save({"w": torch.zeros(64)}, weights)
     damage(weights, how)
     net, status = load_inception("auto", weights, "", shown="models/w.pth")
@@ -174,8 +173,6 @@ def test_damaged_mlflow_model_weights_name_the_file_when_served(built, tmp_path,
 
     G, _, meta = load_model(built / "models/tiny/model.pt")
     weights = tmp_path / "weights.pt"
-    import torch
-
     torch.save(serving.generator_blob(G, meta["experiment"], meta["channels"], meta["image_size"], 0), weights)
     model = serving.GeneratorModel()
     model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}))  # intact: it loads
