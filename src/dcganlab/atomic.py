@@ -1,7 +1,8 @@
 """Atomic outputs: every file is written to a temp name beside it, then renamed.
 
 A reader (or a crashed run) never sees a half-written file where a complete one is
-expected. Directories are built under a temp name and swapped in whole.
+expected. Directories are built under a temp name and swapped in whole. A write that fails
+(a full disk: ENOSPC) is a UserError naming the file it was writing; the previous one stays.
 """
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dcganlab.files import WRITE_ERRNOS, cannot_write
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path` (same suffix); rename it over `path` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:  # a full disk, a read-only folder: say which output failed
+            raise cannot_write(path, exc) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -68,16 +75,20 @@ def write_csv(path: str | Path, frame) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temp name; swap it in place of `path` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         yield tmp
         old = path.with_name(f".{path.name}.old{os.getpid()}")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:  # a full disk, a read-only folder: say which output failed
+            raise cannot_write(path, exc) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,6 @@ number of generated and real images, and the real reference split.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 
@@ -29,6 +28,7 @@ from dcganlab import paths
 from dcganlab.atomic import write_json
 from dcganlab.config import Params
 from dcganlab.extractor import describe, embed, load_extractor, predict_classes, to_float
+from dcganlab.files import dvc_output, read_json
 from dcganlab.inception import load_inception
 from dcganlab.metrics import (finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
                               per_class_accuracy, precision_recall)
@@ -171,7 +171,7 @@ def evaluate(params: Params, name: str) -> dict:
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"
     if train_json.is_file():
-        train_info = json.loads(train_json.read_text())
+        train_info = read_json(train_json, "training summary", dvc_output(train_json, f"train@{name}"))
     metrics = {
         **scores,
         "fid_real_floor": floor.get("fid"),

@@ -23,6 +23,7 @@ from torch import nn
 from dcganlab.atomic import save_torch, write_json
 from dcganlab.config import ExtractorParams
 from dcganlab.errors import UserError
+from dcganlab.files import dvc_output, load_torch
 from dcganlab.progress import progress
 
 
@@ -113,7 +114,8 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
 def load_extractor(path: Path) -> tuple[DomainNet, dict]:
     if not path.is_file():
         raise UserError(f"no feature extractor at {path} (run `dcganlab extractor` first)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    remedy = dvc_output(path, f"extractor@{path.stem}")
+    blob = load_torch(path, "feature extractor", remedy, keys=("state_dict", "info"))
     info = blob["info"]
     net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]))
     net.load_state_dict(blob["state_dict"])

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision.utils import make_grid
 
+from dcganlab.files import load_image, restore
 from dcganlab.train import generate, sample_noise, to_grid
 
 PROGRESSION_EPOCHS = (1, 5, 10, 20)  # the epochs; the last saved epoch is added
@@ -228,7 +229,7 @@ def progression(grid_dir: Path) -> tuple[Image.Image, list[int]]:
     epochs = closest_epochs(list(saved))
     if not epochs:
         return note_image(f"no per-epoch grids under {grid_dir}: nothing to show"), []
-    grids = [Image.open(saved[e]).convert("RGB") for e in epochs]
+    grids = [load_image(saved[e], "training grid", f"delete it or {restore(grid_dir.parent)}") for e in epochs]
     return labelled_table([grids], [f"epoch {e}" for e in epochs]), epochs
 
 

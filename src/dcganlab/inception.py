@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from dcganlab.atomic import atomic_path
+from dcganlab.files import Unreadable, load_torch
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
 FEATURES = 2048  # pool3 features, the standard FID layer
+REMEDY = "delete it to download it again (evaluate.inception_url), or replace it"
 
 
 class InceptionFeatures(nn.Module):
@@ -35,7 +37,7 @@ class InceptionFeatures(nn.Module):
 
         # torch-fidelity unpickles the file (weights_only=False): check first that it is a
         # plain tensor state dict, so a tampered file cannot run code.
-        torch.load(weights, map_location="cpu", weights_only=True)
+        load_torch(weights, "InceptionV3 weights", REMEDY)
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(FEATURES)],
                                       feature_extractor_weights_path=str(weights), antialias=False).to(self.device)
 
@@ -77,6 +79,8 @@ def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0,
             return None, f"unavailable: no weights at {shown} and download failed ({type(exc).__name__}: {reason})"
     try:
         return InceptionFeatures(weights, device).eval(), "used"
+    except Unreadable as err:  # a damaged file: our reason, never torch's advice to unpickle it
+        return None, f"unavailable: weights at {shown} did not load ({err.reason}); {err.remedy}"
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
         return None, f"unavailable: weights at {shown} did not load ({type(exc).__name__}: {reason})"

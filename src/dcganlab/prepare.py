@@ -26,6 +26,7 @@ from PIL import Image
 from dcganlab.atomic import atomic_dir, save_png, write_csv, write_json
 from dcganlab.errors import UserError
 from dcganlab.faces import CropSettings, process_image
+from dcganlab.files import Unreadable, dvc_output, read_csv
 from dcganlab.paths import inside
 from dcganlab.progress import progress
 from dcganlab.sources import IGNORED_CSV, scan_folder, shown
@@ -81,7 +82,10 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     manifest_path = raw / "manifest.csv"
     if not manifest_path.is_file():
         raise UserError(f"no raw data at {raw} (run `dcganlab fetch` first)")
-    manifest = pd.read_csv(manifest_path, dtype={"label": str}, keep_default_na=False)
+    remedy = dvc_output(raw, f"fetch@{raw.name}")
+    manifest = read_csv(manifest_path, "fetch manifest", remedy, dtype={"label": str}, keep_default_na=False)
+    if not {"file", "label"} <= set(manifest.columns):
+        raise Unreadable(manifest_path, "fetch manifest", "no file and label columns", remedy)
     if manifest.empty:
         raise UserError(f"{manifest_path} lists no images")
     results = process_all(_raw_files(raw, manifest), s, workers, desc=f"prepare {raw.name}")
@@ -110,7 +114,8 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     rows["index"] = index
     rows["split"] = [("test" if split[j] else "train") if j >= 0 else "" for j in index]
 
-    ignored = pd.read_csv(raw / IGNORED_CSV, dtype=str, keep_default_na=False) if (raw / IGNORED_CSV).is_file() else None
+    ignored = read_csv(raw / IGNORED_CSV, "fetch's ignored list", remedy, dtype=str, keep_default_na=False) \
+        if (raw / IGNORED_CSV).is_file() else None
     stats = {
         "images_in": len(results),
         # folder source: entries fetch did not read (hidden, links out of the folder, ...), by reason

@@ -21,6 +21,7 @@ from dcganlab.atomic import write_csv
 from dcganlab.config import Params
 from dcganlab.errors import UserError
 from dcganlab.evaluate import fid_kid_features, reference
+from dcganlab.files import CHECKPOINT, load_torch, restore
 from dcganlab.extractor import embed, load_extractor
 from dcganlab.progress import progress
 from dcganlab.sample import balanced_labels
@@ -39,7 +40,7 @@ def _wall_clock(state) -> dict[int, float]:
     ckpt = state / "checkpoint.pt"
     if not ckpt.is_file():
         return {}
-    history = torch.load(ckpt, map_location="cpu", weights_only=True)["history"]
+    history = load_torch(ckpt, "training checkpoint", CHECKPOINT, keys=("history",))["history"]
     return {int(row["epoch"]): float(row["wall_s"]) for row in history}
 
 
@@ -59,7 +60,7 @@ def quality(params: Params, name: str) -> pd.DataFrame:
     wall = _wall_clock(state)
     rows = []
     for epoch, path in progress(files, f"quality {name}", noun="epoch", unit="img", per_item=len(z)):
-        G, _, meta = load_model(path)
+        G, _, meta = load_model(path, remedy=f"delete it (the curve then skips epoch {epoch}) or {restore(state)}")
         fake = generate(G, z, balanced_labels(len(z), meta["num_classes"]))
         s = fid_kid_features(real_f, embed(extractor, fake, ev.batch_size), ev.kid_subset_size, params.seed)
         rows.append({"epoch": epoch, "wall_s": wall.get(epoch, float("nan")), "fid": s["fid"], "kid": s["kid"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dcganlab import paths
 from dcganlab.atomic import atomic_dir, write_json, write_text
 from dcganlab.claims import Evidence, fmt, judge_claims
 from dcganlab.config import Params
+from dcganlab.files import dvc_output, read_csv, read_json
 from dcganlab.errors import UserError
 
 # comparison table: column title -> how to read it from an experiment's flattened metrics
@@ -55,10 +55,15 @@ def flatten(obj: dict, prefix: str = "") -> dict:
 def read_quality(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    q = pd.read_csv(path)
+    q = read_csv(path, "quality curve", dvc_output(path, f"quality@{path.stem}"))
     if not {"epoch", "wall_s", "fid"} <= set(q.columns):
         raise UserError(f"{path} lacks the columns epoch, wall_s, fid")
     return q.dropna(subset=["fid"]).sort_values("epoch")
+
+
+def arithmetic(samples: Path, name: str) -> dict:
+    """The latent-arithmetic summary the sample stage left in figures.json."""
+    return read_json(samples / "figures.json", "sample figures", dvc_output(samples, f"sample@{name}"))["arithmetic"]
 
 
 def comparison_table(metrics: dict[str, dict]) -> pd.DataFrame:
@@ -188,11 +193,11 @@ def report(params: Params) -> dict:
         path = paths.eval_path(root, name)
         if not path.is_file():
             raise UserError(f"no metrics for experiment '{name}' at {path} (run `dcganlab evaluate {name}` first)")
-        metrics[name] = flatten(json.loads(path.read_text()))
+        metrics[name] = flatten(read_json(path, "evaluation metrics", dvc_output(path, f"evaluate@{name}")))
         quality[name] = read_quality(paths.quality_path(root, name))
         figures_json = paths.samples_dir(root, name) / "figures.json"
         if figures_json.is_file():  # a sample-stage number worth tracking next to the metrics
-            agreement = json.loads(figures_json.read_text())["arithmetic"].get("agreement")
+            agreement = arithmetic(figures_json.parent, name).get("agreement")
             metrics[name]["arithmetic_agreement"] = agreement
         ds = params.dataset(e.dataset)
         evidence[name] = Evidence(name, metrics[name], quality[name], ds.image_size,
@@ -251,7 +256,7 @@ def report(params: Params) -> dict:
         if not shown:
             blocks.append(("p", f"samples: n/a (no {samples.relative_to(root)})"))
         if (samples / "figures.json").is_file():
-            a = json.loads((samples / "figures.json").read_text())["arithmetic"]
+            a = arithmetic(samples, name)
             text = f"Latent arithmetic ({a['mode']}): {a['note']}."
             ok = sum(r["ok"] for r in a["rows"])
             text += f" Skipped: {a['skipped']}." if a.get("skipped") else f" {ok} of {len(a['rows'])} came out as expected."

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dcganlab.errors import UserError
+from dcganlab.files import CHECKPOINT, load_torch, read_json
 
 
 class Interrupted(UserError):
@@ -124,7 +124,7 @@ def resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, o
     """The checkpoint's state when it belongs to this run (same params and data), else a fresh one."""
     if not path.is_file():
         return LoopState()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
+    ckpt = load_torch(path, "training checkpoint", CHECKPOINT, keys=("epoch", "history"))  # on the CPU: RNG states
     st = LoopState(ckpt["epoch"], ckpt.get("step", 0), ckpt["history"], resumed=True)
     if ckpt.get("fingerprint") != fp or st.epoch + (st.step > 0) > e.epochs:
         print(f"{name}: params or data changed since the last checkpoint; starting afresh")
@@ -153,6 +153,10 @@ def resume(path: Path, fp: str, e, name: str, steps: int, device, G, D, opt_g, o
     return st
 
 
+# finished.json only spares a rerun the logging: without it the next run logs the model again
+FINISHED = "delete it (the next `dcganlab train` logs the finished run to MLflow again)"
+
+
 def finished_path(state: Path) -> Path:
     return state / "finished.json"  # written once the run's model and summary are logged
 
@@ -160,7 +164,7 @@ def finished_path(state: Path) -> Path:
 def logged_already(state: Path, epochs: int) -> bool:
     """True when a run of exactly `epochs` epochs finished logging (not one that `epochs` was raised from)."""
     path = finished_path(state)
-    return path.is_file() and json.loads(path.read_text()).get("epochs") == epochs
+    return path.is_file() and read_json(path, "training marker", FINISHED).get("epochs") == epochs
 
 
 def epoch_metrics(row: dict) -> dict:

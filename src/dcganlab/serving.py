@@ -2,9 +2,9 @@
 
 MLflow runs this file when it loads the logged model (`mlflow.pyfunc.load_model`,
 `mlflow models serve`): nothing is cloudpickled. The weights travel as an artifact (a plain
-tensor dict, read with `torch.load(weights_only=True)`) and the dcganlab package as the
+tensor dict, read with `torch.load(weights_only=True)` by files.py) and the dcganlab package as the
 model's `code_paths`, so any Python with the logged requirements can rebuild the generator.
-Only torch, numpy, pyyaml and the network definitions are imported here, which keeps the
+Only torch, numpy, pyyaml, files.py and the network definitions are imported here, which keeps the
 model's requirements short (see `requirements`).
 
 Input: z, float32 (N, z_dim), as an array or {"z": ...}; conditional generators also take
@@ -24,6 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from dcganlab.files import load_torch
+
 WEIGHTS = "generator"  # the artifact key of the weights file
 MAX_LATENTS = "max_latents"  # the model config key of the per-request cap
 
@@ -35,6 +37,10 @@ class BadInput(MlflowException, ValueError):
 
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+KEYS = ("state_dict", "experiment", "channels", "image_size", "num_classes")  # what generator_blob writes
+REMEDY = "log the model again: delete models/<exp>/train/finished.json and rerun `dcganlab train <exp>`"
 
 
 def requirements() -> list[str]:
@@ -85,7 +91,7 @@ class GeneratorModel(PythonModel):
         from dcganlab import request_gate
         from dcganlab.config import TrainParams
 
-        blob = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
+        blob = load_torch(context.artifacts[WEIGHTS], "generator weights", REMEDY, keys=KEYS)
         self.G, self.num_classes = build_generator(blob), blob["num_classes"]
         self.max_latents = int((context.model_config or {}).get(MAX_LATENTS, TrainParams.serve_max_latents))
         request_gate.install(request_gate.Limits(self.max_latents, blob["experiment"]["z_dim"], self.num_classes))

@@ -11,7 +11,6 @@ its DVC experiment (`dvc_tags`) and belongs to that one experiment only (`belong
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ from dcganlab import paths
 from dcganlab.atomic import write_json
 from dcganlab.config import Params
 from dcganlab.errors import UserError
+from dcganlab.files import MLFLOW_DB, check_sqlite, read_json
 
 try:
     import fcntl
@@ -142,6 +142,7 @@ def connect(params: Params):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:"):
+        check_sqlite(Path(uri.removeprefix("sqlite:///").split("?")[0]), "MLflow store", MLFLOW_DB)
         with _store_lock(uri):  # creates the tables of a new store
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
     if uri.startswith(("http://", "https://")):
@@ -222,7 +223,7 @@ def _saved_run(mlflow, state: Path) -> tuple:
     """(the run id in the state dir or None, that run if the current store has it or None)."""
     if not run_file(state).is_file():
         return None, None
-    run_id = json.loads(run_file(state).read_text())["run_id"]
+    run_id = read_json(run_file(state), "MLflow run id", "delete it (training then starts a new MLflow run)")["run_id"]
     try:
         return run_id, mlflow.get_run(run_id)
     except Exception:

@@ -37,6 +37,7 @@ from dcganlab.accel import PLAIN, Accel, resolve
 from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import ExperimentParams, Params, as_dict
 from dcganlab.errors import UserError
+from dcganlab.files import dvc_output, load_npy, load_torch, read_json
 from dcganlab.models import DOut
 from dcganlab.progress import progress as progress_of
 from dcganlab.tracking import connect, redact_uri, training_run
@@ -49,8 +50,9 @@ from dcganlab.variants import VARIANTS
 def load_processed(folder: Path) -> dict:
     if not (folder / "images.npy").is_file():
         raise UserError(f"no processed data at {folder} (run `dcganlab prepare` first)")
-    data = {name: np.load(folder / f"{name}.npy") for name in ("images", "labels", "split")}
-    data["stats"] = json.loads((folder / "stats.json").read_text())
+    remedy = dvc_output(folder, f"prepare@{folder.name}")
+    data = {name: load_npy(folder / f"{name}.npy", "array", remedy) for name in ("images", "labels", "split")}
+    data["stats"] = read_json(folder / "stats.json", "dataset stats", remedy)
     return data
 
 
@@ -121,12 +123,16 @@ def build_networks(e, channels: int, size: int, num_classes: int = 0):
     return G, D
 
 
-def load_model(path: Path, device: torch.device | str = "cpu"):
-    """(G, D or None, metadata) from models/<exp>/model.pt or a per-epoch generator file.
-    Weights only: nothing is unpickled."""
+MODEL_KEYS = ("experiment", "state_dict", "channels", "image_size")  # what every model file holds
+
+
+def load_model(path: Path, device: torch.device | str = "cpu", remedy: str | None = None):
+    """(G, D or None, metadata) from models/<exp>/model.pt or a per-epoch generator file (give
+    its `remedy`). Weights only: nothing is unpickled."""
     if not path.is_file():
         raise UserError(f"no trained model at {path} (run `dcganlab train` first)")
-    blob = torch.load(path, map_location=device, weights_only=True)
+    remedy = remedy or dvc_output(path, f"train@{path.parent.name}")
+    blob = load_torch(path, "model", remedy, keys=MODEL_KEYS, map_location=device)
     from dcganlab.config import ExperimentParams
 
     e = ExperimentParams(**blob["experiment"])
