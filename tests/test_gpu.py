@@ -95,6 +95,53 @@ def test_fp16_loss_scale_is_saved_in_the_checkpoint_and_resumed(tmp_path, device
     assert run.st.resumed and run.nets.scaler.get_scale() == 65536.0
 
 
+@pytest.mark.parametrize("name,half,fp32", [("NVIDIA H100 80GB HBM3", 989.4, 66.9), ("NVIDIA H100 PCIe", 756.0, 51.2),
+                                            ("NVIDIA H200", 989.4, 66.9), ("NVIDIA A100-SXM4-40GB", 312.0, 19.5)])
+def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, half, fp32):
+    from dcganlab.bench_gpu import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    peaks = peak_tflops("cuda")
+    assert (peaks["half"], peaks["fp32"], peaks["device"]) == (half, fp32, name)
+    assert "datasheet" in peaks["source"]
+
+
+def test_an_unknown_gpu_has_no_peak_and_says_so(monkeypatch):
+    from dcganlab.bench_gpu import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Imaginary GPU 9000")
+    peaks = peak_tflops("cuda:0")
+    assert peaks["half"] is None and "unknown GPU 'Imaginary GPU 9000'" in peaks["source"]
+
+
+@pytest.mark.slow
+def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_path):
+    """The GPU bench's code path on the CPU (tiny steps: a check that it runs and what it writes,
+    not a measurement): every precision setting's rate and MFU, and the classic-loop comparison."""
+    from dataclasses import asdict, replace
+
+    from dcganlab.bench import GPU
+    from dcganlab.bench_classic import Setting
+    from dcganlab.bench_gpu import PRECISIONS, bench_gpu
+
+    s = replace(GPU, warmup=1, steps=1, repeats=1, process_images=64)
+    few = {k: PRECISIONS[k] for k in ("fp32", "half+channels_last")}  # compiling on 2 CPU cores takes minutes
+    out = tmp_path / "bench-gpu.json"
+    small = Setting("classic", 16, 3, 4, 16, 64)  # the classic setting's shape (RGB), CPU-sized
+    bench_gpu(prepared, s, out, few, small, log=lambda m: None)
+    r = json.loads(out.read_text())
+    assert r["device"] == "cpu" and r["peak_tflops"]["fp32"] > 0
+    for setting in ("tiny", "classic-setting"):
+        grid = r["train"][setting]
+        assert set(grid) == {"fp32", "bf16+channels_last"}
+        assert grid["fp32"]["amp"] == "off" and grid["bf16+channels_last"]["amp"] == "bf16"
+        assert grid["bf16+channels_last"]["channels_last"] and not grid["fp32"]["channels_last"]
+        for m in grid.values():
+            assert m["images_per_s"] > 0 and m["flops_per_image"] > 0 and 0 < m["mfu"] < 1
+    assert r["train"]["classic-setting"]["fp32"]["channels"] == 3 and r["reference"]["setting"] == asdict(small)
+    assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0
+
+
 # ---------------------------------------------------------------- on a GPU
 @pytest.mark.parametrize("variant", ["dcgan", "face-dcgan", "cartoon-128", "cgan", "resnet-dcgan", "upsample-gan"])
 @pytest.mark.gpu
