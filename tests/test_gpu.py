@@ -142,6 +142,63 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
     assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0
 
 
+# ---------------------------------------------------------------- scripts/gpu_check.sh without a GPU
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bogus"], "error: unknown option '--bogus' (see --help)"),
+    (["--out"], "error: --out needs a value (see --help)"),
+    (["--wheels", "/no/such/folder"], "error: --wheels: no folder at /no/such/folder"),
+    (["--epochs", "0"], "error: --epochs must be a positive integer, not '0'"),
+    (["--python", "no-such-python3"], "error: --python: no interpreter 'no-such-python3'"),
+])
+def test_gpu_check_rejects_bad_options_in_one_line(tmp_path, args, message):
+    r = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True,
+                       timeout=30)
+    assert (r.returncode, r.stderr.strip(), r.stdout) == (2, message, "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_help_names_every_option():
+    r = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    for option in ("--out", "--venv", "--python", "--wheels", "--torch-index", "--epochs", "--cpu-only"):
+        assert option in r.stdout
+
+
+def test_gpu_check_judges_quality_by_the_reports_noise_rule():
+    from dcganlab.gpu_check import quality
+
+    cpu = {"epochs": 30, "fid": 5.9, "kid": 0.069, "kid_std": 0.056}
+    close = quality({"epochs": 30, "fid": 6.4, "kid": 0.09, "kid_std": 0.05}, cpu)
+    assert close["within_noise"] is True and "vs noise 0.15" in close["rule"]
+    worse = quality({"epochs": 30, "fid": 40.0, "kid": 0.5, "kid_std": 0.05}, cpu)
+    assert worse["within_noise"] is False
+    other = quality({"epochs": 5, "fid": 9.0, "kid": 0.2, "kid_std": 0.05}, cpu)
+    assert other["within_noise"] is None and other["rule"].startswith("not comparable: 5 epochs")
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_only_runs_its_steps_and_skips_the_gpu_ones(tmp_path):
+    """The script end to end without a GPU, reusing this interpreter's venv (no install): the
+    `gpu` tests are selected and skip, the GPU steps are recorded as skipped, one JSON and a log."""
+    venv = Path(sys.executable).parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: this checks the CPU-only path
+    r = subprocess.run(["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    status = {s["name"]: s["status"] for s in result["steps"]}
+    assert status == {"install": "passed", "tests marked gpu": "passed", "bench --gpu": "skipped",
+                      "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
+                      "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
+    assert result["passed"] and result["environment"]["cuda_available"] is False
+    tests = result["tests"]
+    assert tests["tests"] >= 10 and tests["skipped"] == tests["tests"]  # selected by -m gpu, skipped without CUDA
+    assert "gpu_check: " in (tmp_path / "out" / "gpu-check.log").read_text()
+
+
 # ---------------------------------------------------------------- on a GPU
 @pytest.mark.parametrize("variant", ["dcgan", "face-dcgan", "cartoon-128", "cgan", "resnet-dcgan", "upsample-gan"])
 @pytest.mark.gpu
@@ -269,7 +326,7 @@ def test_a_generator_trained_on_the_gpu_is_served_on_a_machine_without_one(tmp_p
     assert json.loads((paths.report_dir(p.root, "tiny") / "train.json").read_text())["device"].startswith("cuda")
     port, log = free_port(), open(p.root / "serve.log", "w")
     env = {**_env(p.root), "CUDA_VISIBLE_DEVICES": ""}  # the serving machine has no GPU
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",  # its script may be in a base venv
                              f"runs:/{_run_id(p.root, 'tiny')}/generator", "--env-manager", "local", "-p", str(port),
                              "-h", "127.0.0.1"], cwd=p.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
