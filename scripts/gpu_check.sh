@@ -19,7 +19,7 @@ On a machine with an NVIDIA GPU: install the project into a venv, run the tests 
 run `dcganlab bench --gpu`, train digits-dcgan with the default params and compare its quality
 with the committed CPU run's, and, with two or more GPUs, a short torchrun/NCCL training.
 Everything lands in OUT: gpu-check.json (every step's result), gpu-check.log, bench-gpu.json.
-Exit status 0 when every step passed (or was skipped), 1 otherwise, 2 for bad options.
+Exit status 0 when every step passed (or was skipped), 1 otherwise, 2 for bad options or no GPU.
 
 options:
   --out DIR          results folder (default: reports/gpu-check)
@@ -33,6 +33,7 @@ options:
   --epochs N         train digits-dcgan for N epochs instead of params.yaml's (then its quality is
                      recorded but not compared: the CPU run is at params.yaml's epochs)
   --cpu-only         no GPU needed: install, run the `gpu` tests (they skip), skip the GPU steps
+                     (with --epochs N: the digits-dcgan training and evaluation on the CPU)
   -h, --help         this text
 EOF
 }
@@ -190,20 +191,20 @@ for edit in sys.argv[3:]:
     node, *path = raw, *key.split(".")
     for part in path[:-1]:
         node = node[part]
-    node[path[-1]] = yaml.safe_load(value)
+    node[path[-1]] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)  # "off" stays a string
 open(sys.argv[2], "w").write(yaml.safe_dump(raw, sort_keys=False))
 EOF
 }
 
-train_and_compare() {
-  local dir="$WORK/quality" p edits=(train.device=cuda evaluate.inception=off)
+train_and_compare() {  # on the CPU with --cpu-only --epochs N: the same steps, a check of the step itself
+  local dir="$WORK/quality" p edits=("train.device=$( ((CPU_ONLY)) && echo cpu || echo cuda)" evaluate.inception=off)
   [[ -n "$EPOCHS" ]] && edits+=("experiments.digits-dcgan.epochs=$EPOCHS")
   scratch_project "$dir" "${edits[@]}"
   p="$dir/params.yaml"
   for cmd in "fetch digits" "prepare digits" "extractor digits" "train digits-dcgan" "evaluate digits-dcgan"; do
     (cd "$dir" && "$VENV/bin/python" -m dcganlab $cmd -p "$p") || return 1
   done
-  "$VENV/bin/python" -m dcganlab.gpu_check quality "$dir/reports/digits-dcgan/metrics.json" \
+  "$VENV/bin/python" -m dcganlab.gpu_check quality "$dir/reports/eval/digits-dcgan.json" \
     "$ROOT/reports/metrics.json" digits-dcgan "$OUT/quality.json"
 }
 
@@ -229,7 +230,11 @@ else
 fi
 if [[ $CPU_ONLY == 1 ]]; then
   skip "bench --gpu" "--cpu-only"
-  skip "train digits-dcgan on the GPU, quality vs the CPU run" "--cpu-only"
+  if [[ -n "$EPOCHS" ]]; then
+    step "train digits-dcgan on the CPU (--cpu-only), quality vs the CPU run" train_and_compare
+  else
+    skip "train digits-dcgan on the GPU, quality vs the CPU run" "--cpu-only"
+  fi
 else
   step "bench --gpu" bench
   step "train digits-dcgan on the GPU, quality vs the CPU run" train_and_compare

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
         gpu_path, cpu_path, name, out = args
         verdict = quality(json.loads(Path(gpu_path).read_text()), json.loads(Path(cpu_path).read_text())[name])
         write_json(Path(out), verdict)
-        print(f"quality {name}: GPU FID {verdict['gpu']['fid']:.3f} vs CPU {verdict['cpu']['fid']:.3f}; {verdict['rule']}")
+        print(f"quality {name}: this run FID {verdict['gpu']['fid']:.3f} vs CPU {verdict['cpu']['fid']:.3f}; {verdict['rule']}")
         return 0 if verdict["within_noise"] is not False else 1
     if command == "tests":
         junit, out = args
