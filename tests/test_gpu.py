@@ -19,6 +19,7 @@ from dcganlab import distributed, paths
 from dcganlab.accel import resolve
 from dcganlab.resilience import GracefulStop
 from dcganlab.train import Trainer, load_model, pick_device, train, train_step
+from dcganlab.variants import VARIANTS
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh runs these)")]
@@ -183,7 +184,9 @@ def test_gpu_check_judges_quality_by_the_reports_noise_rule():
 def test_gpu_check_cpu_only_runs_its_steps_and_skips_the_gpu_ones(tmp_path):
     """The script end to end without a GPU, reusing this interpreter's venv (no install): the
     `gpu` tests are selected and skip, the GPU steps are recorded as skipped, one JSON and a log."""
-    venv = Path(sys.executable).parent.parent
+    venv = Path(sys.prefix)  # this interpreter's venv (CI's .venv)
+    if not (venv / "bin" / "python").is_file():
+        pytest.skip("not running from a venv")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: this checks the CPU-only path
     r = subprocess.run(["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
                        env=env, capture_output=True, text=True, timeout=300)
@@ -200,15 +203,13 @@ def test_gpu_check_cpu_only_runs_its_steps_and_skips_the_gpu_ones(tmp_path):
 
 
 # ---------------------------------------------------------------- on a GPU
-@pytest.mark.parametrize("variant", ["dcgan", "face-dcgan", "cartoon-128", "cgan", "resnet-dcgan", "upsample-gan"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_a_cuda_training_step_for_every_variant(variant):
     from test_variants import TINY, _setup
 
-    from dcganlab.variants import VARIANTS
-
-    assert set(TINY) == set(VARIANTS), "a new variant needs its tiny settings in tests/test_variants.py"
+    assert variant in TINY, "a new variant needs its tiny settings in tests/test_variants.py"
     e, G, D, opt_g, opt_d, c, size, k = _setup(variant)
     accel = resolve("auto", "auto", False, torch.device("cuda"), variant)
     G, D = accel.prepare(G.cuda()), accel.prepare(D.cuda())
@@ -216,9 +217,11 @@ def test_a_cuda_training_step_for_every_variant(variant):
     before = [q.detach().clone() for q in G.parameters()]
     real = torch.rand(6, c, size, size, device="cuda") * 2 - 1
     labels = torch.randint(k, (6,), device="cuda") if k else None
-    out = train_step(G, D, opt_g, opt_d, e, real, labels, k, accel, accel.scaler())
+    scaler = accel.scaler()
+    out = train_step(G, D, opt_g, opt_d, e, real, labels, k, accel, scaler if scaler.is_enabled() else None)
     assert out.device.type == "cuda" and torch.isfinite(out).all()
-    assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
+    skipped = scaler.is_enabled() and scaler.get_scale() < 65536.0  # fp16: an overflowing first step is skipped
+    assert skipped or any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
 
 
 @pytest.mark.gpu
@@ -236,6 +239,12 @@ def test_auto_on_the_gpu_trains_in_bf16_and_channels_last(prepared):
     assert summary["device"].startswith("cuda")
     G, _, _ = load_model(paths.model_path(prepared.root, "tiny"))
     assert all(torch.isfinite(q).all() for q in G.parameters())
+
+
+def _exact_fp32(monkeypatch) -> None:
+    """fp32 on the GPU as on the CPU: no TF32 tensor cores (10-bit mantissas) for the comparison."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 def _weights(root: Path) -> dict:
@@ -281,6 +290,7 @@ def test_inception_extractor_on_the_gpu_gives_the_cpus_features(tmp_path, monkey
     from dcganlab.evaluate import fid_kid_features
     from dcganlab.inception import load_inception
 
+    _exact_fp32(monkeypatch)
     weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)  # torch-fidelity's file format
     on_gpu, status = load_inception("auto", weights, url="", device="cuda")
     on_cpu, _ = load_inception("auto", weights, url="", device="cpu")
@@ -288,20 +298,21 @@ def test_inception_extractor_on_the_gpu_gives_the_cpus_features(tmp_path, monkey
     x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fg, fc = on_gpu(x), on_cpu(x)
     assert fg.device.type == "cpu" and fg.shape == (8, 2048)
-    assert torch.allclose(fg, fc, rtol=2e-2, atol=2e-3), (fg - fc).abs().max()
+    assert ((fg - fc).norm() / fc.norm()).item() < 1e-3
     fid_g, fid_c = fid_kid_features(fg[:4], fg[4:], 4)["fid"], fid_kid_features(fc[:4], fc[4:], 4)["fid"]
     assert fid_g == pytest.approx(fid_c, rel=0.05)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_fid_on_gpu_features_matches_the_cpus(digit_features):
+def test_fid_on_gpu_features_matches_the_cpus(digit_features, monkeypatch):
     """The domain extractor on the GPU: the same FID/KID as on the CPU, within float tolerance."""
     import copy
 
     from dcganlab.evaluate import fid_kid_features
     from dcganlab.extractor import embed
 
+    _exact_fp32(monkeypatch)
     net = digit_features.net
     gpu_net = copy.deepcopy(net).cuda()
     a, b = digit_features.a, digit_features.b
