@@ -123,10 +123,10 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
 
     from dcganlab.bench import GPU
     from dcganlab.bench_classic import Setting
-    from dcganlab.bench_gpu import PRECISIONS, bench_gpu
+    from dcganlab.bench_gpu import PRECISIONS, bench_gpu, table
 
     s = replace(GPU, warmup=1, steps=1, repeats=1, process_images=64)
-    few = {k: PRECISIONS[k] for k in ("fp32", "half+channels_last")}  # compiling on 2 CPU cores takes minutes
+    few = {"half+channels_last": PRECISIONS["half+channels_last"]}  # one: each is a process; compiling takes minutes
     out = tmp_path / "bench-gpu.json"
     small = Setting("classic", 16, 3, 4, 16, 64)  # the classic setting's shape (RGB), CPU-sized
     bench_gpu(prepared, s, out, few, small, log=lambda m: None)
@@ -134,13 +134,15 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
     assert r["device"] == "cpu" and r["peak_tflops"]["fp32"] > 0
     for setting in ("tiny", "classic-setting"):
         grid = r["train"][setting]
-        assert set(grid) == {"fp32", "bf16+channels_last"}
-        assert grid["fp32"]["amp"] == "off" and grid["bf16+channels_last"]["amp"] == "bf16"
-        assert grid["bf16+channels_last"]["channels_last"] and not grid["fp32"]["channels_last"]
-        for m in grid.values():
-            assert m["images_per_s"] > 0 and m["flops_per_image"] > 0 and 0 < m["mfu"] < 1
-    assert r["train"]["classic-setting"]["fp32"]["channels"] == 3 and r["reference"]["setting"] == asdict(small)
-    assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0
+        assert set(grid) == {"bf16+channels_last"}  # "half" is bf16 off a GPU without bf16
+        m = grid["bf16+channels_last"]
+        assert (m["amp"], m["channels_last"], m["compile"]) == ("bf16", True, False)
+        assert m["images_per_s"] > 0 and m["flops_per_image"] > 0 and 0 < m["mfu"] < 1
+        assert m["mfu_against"].startswith("bf16 peak: ")
+    assert r["train"]["classic-setting"]["bf16+channels_last"]["channels"] == 3 and r["reference"]["setting"] == asdict(small)
+    assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0 and 0 < r["reference"]["mfu"] < 1
+    lines = table(r).splitlines()  # what `dcganlab bench --gpu` prints
+    assert lines[0].startswith("device cpu") and len(lines) == 1 + 2 + 2 and "vs classic" in lines[-1]
 
 
 # ---------------------------------------------------------------- scripts/gpu_check.sh without a GPU

@@ -78,7 +78,7 @@ def _precision_peak(peaks: dict, amp: str) -> tuple[float | None, str]:
     import torch
 
     if amp != "off":
-        return peaks["half"], f"{amp} tensor-core peak"
+        return peaks["half"], f"{amp} peak"
     if peaks["tf32"] and torch.backends.cudnn.allow_tf32:
         return peaks["tf32"], "tf32 tensor-core peak (cuDNN's default for fp32 convolutions)"
     return peaks["fp32"], "fp32 peak"
@@ -165,6 +165,10 @@ def bench_gpu(params: Params, s, out: Path | None = None, precisions: dict | Non
                                                            precisions, log)
         log("bench --gpu: the classic loop (ImageFolder + DataLoader, fp32) at its own setting")
         ref = _isolated(_reference_loop, classic_params, "bench", classic_folder, device, s, 2, workers=True)
+        peak, against = _precision_peak(peaks, "off")  # the classic loop trains in fp32
+        flops = flops_per_image(classic_params, "bench", classic.channels, classic.image_size, 0)
+        ref.update(flops_per_image=flops, mfu=flops * ref["images_per_s"] / (peak * 1e12) if peak else None,
+                   mfu_against=f"{against}: {peak} TFLOP/s" if peak else "unknown peak")
         ours = result["train"]["classic-setting"].get(auto) or next(iter(result["train"]["classic-setting"].values()))
         result["reference"] = {**ref, "setting": asdict(classic), "ours": f"{ours['amp']}, channels_last "
                                f"{ours['channels_last']}", "how": "torchvision ImageFolder over PNGs + PIL decode + "
@@ -187,7 +191,9 @@ def table(r: dict) -> str:
             mem = f"{m['cuda_peak_allocated_mb']:.0f} MB" if "cuda_peak_allocated_mb" in m else ""
             rows.append((f"{setting} (batch {m['batch_size']}) {label}", f"{m['images_per_s']:.0f} img/s", mfu, mem))
     ref = r["reference"]
-    rows += [("classic loop at its setting (fp32, PNG + 2 loader workers)", f"{ref['images_per_s']:.0f} img/s", "", ""),
+    ref_mfu = f"{100 * ref['mfu']:.1f}% MFU" if ref.get("mfu") is not None else "MFU n/a"
+    rows += [("classic loop at its setting (fp32, PNG + 2 loader workers)", f"{ref['images_per_s']:.0f} img/s", ref_mfu,
+              ""),
              (f"ours ({ref['ours']}) vs classic (goal >= {r['speedup_goal']:.0f}x)",
               f"{r['speedup_vs_classic']:.2f}x", "", "")]
     width = max(len(a) for a, *_ in rows)
