@@ -77,6 +77,7 @@ LOG="$OUT/gpu-check.log"
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 export PYTHONPATH="$ROOT/src" MLFLOW_DISABLE_TELEMETRY=true PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_RETRIES=1 PIP_DEFAULT_TIMEOUT=20  # without network: fail in seconds, not minutes
 unset MLFLOW_TRACKING_URI
 START=$(date +%s)
 N=0
@@ -94,6 +95,7 @@ step() {
   rc=$?
   set -e
   if [[ $rc == 0 ]]; then status=passed; else status=failed; FAILED=1; fi
+  LAST_RC=$rc
   echo "=== [$N] $name: $status in $(( $(date +%s) - t0 )) s"
   printf '{"step": %d, "name": "%s", "status": "%s", "exit": %d, "seconds": %d}\n' \
     "$N" "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" > "$OUT/steps/$(printf %02d "$N").json"
@@ -117,12 +119,14 @@ cuda_index() {  # the torch index for the driver's CUDA version (torch 2.14's de
   else echo "unsupported: the driver's CUDA $v is older than 12.6"; fi
 }
 
-requirements() {  # pyproject's dependencies (+ pytest), without torch/torchvision when the base has them
+# pyproject's dependencies (+ pytest) except dvc (the check runs the stage commands itself, and
+# dvc's tree is large), and except torch/torchvision when the base interpreter has them
+requirements() {
   "$VENV/bin/python" - "$1" "$ROOT/pyproject.toml" <<'EOF'
 import re, sys, tomllib
 deps = tomllib.load(open(sys.argv[2], "rb"))["project"]["dependencies"] + ["pytest>=8"]
-keep_torch = sys.argv[1] == "with-torch"
-print("\n".join(d for d in deps if keep_torch or re.split(r"[<>=!~ ;\[]", d)[0] not in ("torch", "torchvision")))
+skip = {"dvc"} if sys.argv[1] == "with-torch" else {"dvc", "torch", "torchvision"}
+print("\n".join(d for d in deps if re.split(r"[<>=!~ ;\[]", d)[0] not in skip))
 EOF
 }
 
@@ -132,7 +136,8 @@ install() {
   if [[ -x "$VENV/bin/python" ]]; then
     echo "install: reusing the venv at $VENV"
   else
-    "$PY" -m venv "$VENV"
+    # some images' Python has no ensurepip: then a venv without pip, using the base's (seen through the .pth)
+    "$PY" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; "$PY" -m venv --without-pip "$VENV"; }
     if "$PY" -c 'import torch' 2>/dev/null; then  # a GPU image's torch: see it from the venv, do not reinstall it
       "$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]); print(sysconfig.get_paths()["platlib"])' \
         > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_base_packages.pth"
@@ -169,8 +174,10 @@ gpu_tests() {
   local rc=0
   (cd "$ROOT" && "$VENV/bin/python" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider \
     --junitxml "$OUT/pytest-gpu.xml") || rc=$?
-  "$VENV/bin/python" -m dcganlab.gpu_check tests "$OUT/pytest-gpu.xml" "$OUT/tests.json"
-  cat "$OUT/tests.json"; echo
+  if [[ -f "$OUT/pytest-gpu.xml" ]]; then
+    "$VENV/bin/python" -m dcganlab.gpu_check tests "$OUT/pytest-gpu.xml" "$OUT/tests.json"
+    cat "$OUT/tests.json"; echo
+  fi
   return $rc
 }
 
@@ -222,29 +229,29 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/dcganlab-gpu-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 echo "gpu_check: $(date -u +%FT%TZ), $GPUS GPU(s), out $OUT"
 
+NEW_VENV=$([[ -x "$VENV/bin/python" ]] && echo 0 || echo 1)
 step install install
-if [[ -x "$VENV/bin/python" ]]; then
-  step "tests marked gpu" gpu_tests
-else
-  skip "tests marked gpu" "install failed"
-fi
-if [[ $CPU_ONLY == 1 ]]; then
-  skip "bench --gpu" "--cpu-only"
-  if [[ -n "$EPOCHS" ]]; then
-    step "train digits-dcgan on the CPU (--cpu-only), quality vs the CPU run" train_and_compare
-  else
-    skip "train digits-dcgan on the GPU, quality vs the CPU run" "--cpu-only"
-  fi
-else
-  step "bench --gpu" bench
-  step "train digits-dcgan on the GPU, quality vs the CPU run" train_and_compare
-fi
-if [[ $GPUS -ge 2 ]]; then
-  step "torchrun --nproc_per_node 2 (NCCL)" ddp
-else
-  skip "torchrun --nproc_per_node 2 (NCCL)" "$GPUS GPU(s) listed by nvidia-smi"
+INSTALLED=$LAST_RC
+if [[ $INSTALLED != 0 && $NEW_VENV == 1 ]]; then
+  rm -rf "$VENV"  # half-installed: the next run must not reuse it
 fi
 
-"$VENV/bin/python" -m dcganlab.gpu_check summary "$OUT" || FAILED=1
+# run_or_skip NAME FUNCTION WHY: the step, or a skipped one saying WHY when WHY is not empty
+run_or_skip() {
+  if [[ -n "$3" ]]; then skip "$1" "$3"; else step "$1" "$2"; fi
+}
+no_install=$([[ $INSTALLED != 0 ]] && echo "install failed" || true)
+cpu_only=$([[ $CPU_ONLY == 1 ]] && echo "--cpu-only" || true)
+run_or_skip "tests marked gpu" gpu_tests "$no_install"
+run_or_skip "bench --gpu" bench "${no_install:-$cpu_only}"
+if [[ $CPU_ONLY == 1 && -n "$EPOCHS" ]]; then
+  run_or_skip "train digits-dcgan on the CPU (--cpu-only), quality vs the CPU run" train_and_compare "$no_install"
+else
+  run_or_skip "train digits-dcgan on the GPU, quality vs the CPU run" train_and_compare "${no_install:-$cpu_only}"
+fi
+few_gpus=$([[ $GPUS -lt 2 ]] && echo "$GPUS GPU(s) listed by nvidia-smi" || true)
+run_or_skip "torchrun --nproc_per_node 2 (NCCL)" ddp "${no_install:-$few_gpus}"
+
+"$PY" -m dcganlab.gpu_check summary "$OUT" || FAILED=1  # the base interpreter: the venv may be broken
 echo "gpu_check: $(( $(date +%s) - START )) s; $( ((FAILED)) && echo FAILED || echo passed ) -> $OUT/gpu-check.json"
 exit $FAILED

@@ -16,7 +16,16 @@ import math
 import sys
 from pathlib import Path
 
-from dcganlab.atomic import write_json
+
+def write_json(path: Path, data) -> None:
+    """Atomically, as atomic.write_json, but with the standard library only: the summary must be
+    written even when the install step failed (no numpy)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def quality(gpu: dict, cpu: dict) -> dict:
