@@ -53,6 +53,7 @@ class BenchSettings:
 
 QUICK = BenchSettings()
 LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000, process_repeats=5)
+GPU = BenchSettings(warmup=20, steps=50, repeats=3, process_repeats=0)  # bench --gpu: a GPU step takes milliseconds
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -165,8 +166,10 @@ def _rates(seconds: list[float], steps: int, batch: int) -> dict:
             "step_ms": 1000 * median / steps, "repeat_seconds": seconds}
 
 
-def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, profile: bool) -> dict:
-    """train.py's epoch body: uint8 on the device, index + scale per batch, train_step, one sync."""
+def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, profile: bool,
+              speed: tuple[str, str, bool] | None = None) -> dict:
+    """train.py's epoch body: uint8 on the device, index + scale per batch, train_step, one sync.
+    `speed`: (amp, channels_last, compile) instead of params' train settings (bench_gpu's grid)."""
     import torch
 
     from dcganlab.accel import resolve
@@ -174,8 +177,11 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
 
     e, images, labels, k, G, D, opt_g, opt_d = _setup(params, name, Path(folder), device)
     t = params.train
-    accel = resolve(t.amp, t.channels_last, False, torch.device(device), e.variant)  # as train.py runs it
+    amp, channels_last, compile_ = speed or (t.amp, t.channels_last, False)
+    accel = resolve(amp, channels_last, compile_, torch.device(device), e.variant)  # as train.py runs it
     G, D = accel.prepare(G), accel.prepare(D)
+    step_G, step_D = (torch.compile(G), torch.compile(D)) if accel.compile else (G, D)  # as train.Nets does
+    scaler = accel.scaler()
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(labels).to(device)
     n, batch = len(x), min(e.batch_size, len(x))
@@ -190,7 +196,8 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
             perm = torch.randperm(n, generator=order).to(device)
         idx = perm[i * batch: (i + 1) * batch]
         real = x[idx].float().div_(127.5).sub_(1.0)
-        return train_step(G, D, opt_g, opt_d, e, real, y[idx] if k else None, k, accel)
+        return train_step(step_G, step_D, opt_g, opt_d, e, real, y[idx] if k else None, k, accel,
+                          scaler if scaler.is_enabled() else None)
 
     def run(steps: int) -> float:
         sums = torch.zeros(4, device=device)
@@ -204,10 +211,11 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
     seconds = [run(s.steps) for _ in range(s.repeats)]
     out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
            "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps, "amp": accel.amp,
-           "channels_last": accel.channels_last,
+           "channels_last": accel.channels_last, "compile": accel.compile,
            **_rates(seconds, s.steps, batch)}
     if device.startswith("cuda"):
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     if profile:
         out["profile"] = _profile(G, D, opt_g, opt_d, one, s.profile_steps, device)
     return out

@@ -251,7 +251,9 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
           eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate: generated samples"),
           process_repeats: Optional[int] = typer.Option(None, "--process-repeats", help="whole-process runs of dcganlab train and the classic script per setting (0: skip)"),
           process_images: Optional[int] = typer.Option(None, "--process-images", help="whole process: digits trained for one epoch"),
-          out: Optional[Path] = typer.Option(None, "--out", help="default: reports/bench.json"),
+          out: Optional[Path] = typer.Option(None, "--out", help="default: reports/bench.json (--gpu: reports/bench-gpu.json)"),
+          gpu: bool = typer.Option(False, "--gpu", help="the GPU check's bench instead: each precision setting's img/s, "
+                                   "MFU and peak memory, and ours vs the classic loop at its setting (bench_gpu.py)"),
           params: Path = ParamsOpt) -> None:
     """Throughput and peak memory of training (every experiment, and our loop vs a classic
     ImageFolder + DataLoader loop), one step's overhead, whole-process `dcganlab train` vs the
@@ -262,7 +264,7 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
     def work():
         from dataclasses import replace
 
-        from dcganlab.bench import LONG, QUICK, bench as bench_stage, table
+        from dcganlab.bench import GPU, LONG, QUICK, bench as bench_stage, table
 
         chosen = {k: v for k, v in dict(steps=steps, warmup=warmup, photos=photos, eval_samples=eval_samples,
                                         process_images=process_images).items() if v is not None}
@@ -271,8 +273,15 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
                             "--process-repeats >= 0")
         if process_repeats is not None:
             chosen["process_repeats"] = process_repeats
-        s = replace(LONG if long else QUICK, **chosen)
+        s = replace(LONG if long else GPU if gpu else QUICK, **chosen)
         p = _params(params)
+        if gpu:
+            from dcganlab.bench_gpu import bench_gpu, table as gpu_table
+
+            r = bench_gpu(p, s, out, log=lambda m: typer.echo(m, err=True))
+            typer.echo(gpu_table(r))
+            typer.echo(f"bench --gpu: {r['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench-gpu.json'}")
+            return
         r = bench_stage(p, s, experiment or None, out, log=lambda m: typer.echo(m, err=True))
         typer.echo(table(r))
         typer.echo(f"bench: {r['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench.json'}")
