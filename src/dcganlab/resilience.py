@@ -4,7 +4,7 @@
 - Monitor: non-finite losses and discriminator collapse, tracked on the device (no per-step sync).
 - LoopState + checkpoint_blob/resume: the exact position (mid-epoch included) and every RNG
   state, so a resumed run ends bit-identical to an uninterrupted one on CPU.
-- finished/backfill: a rerun never logs a model or an epoch to MLflow twice.
+- finished/backfill: a rerun never logs a model or an epoch (metrics, grid) to MLflow twice, nor misses one.
 """
 from __future__ import annotations
 

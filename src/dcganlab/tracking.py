@@ -8,6 +8,10 @@ stage is its own process, so sample/evaluate reopen the training run by its id
 DVC experiments (`dvc exp run`, `--temp`, `--queue`): runs go to the launching project's store
 (`project_root`), never to the temporary copy DVC deletes afterwards; each run is tagged with
 its DVC experiment (`dvc_tags`) and belongs to that one experiment only (`belongs`).
+
+Faults: a run deleted in the UI is continued in a new run tagged `replaces_deleted_run`; what a
+SIGKILL left open (a RUNNING run, a PENDING logged model) is ended at the next start (`settle`,
+under the experiment's lock, locks.py).
 """
 from __future__ import annotations
 
