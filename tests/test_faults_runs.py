@@ -126,6 +126,23 @@ def test_a_second_start_exits_1_naming_the_holder_and_a_killed_holders_lock_is_t
 
 
 @pytest.mark.slow
+def test_under_torchrun_rank_0_takes_the_lock_and_a_refusal_stops_every_rank(prepared):
+    from test_distributed import _torchrun
+
+    from dcganlab.locks import experiment_lock
+
+    with experiment_lock(prepared.root, "tiny", "train"):  # this test process is the holder
+        t0 = time.monotonic()
+        result = _torchrun(prepared.root)
+        assert time.monotonic() - t0 < 120  # no rank left waiting for rank 0
+    assert result.returncode != 0
+    assert f"error: tiny is in use by `dcganlab train` (PID {os.getpid()} on host" in result.stderr
+    assert result.stderr.count("is in use by") == 1  # one lock per training: rank 1 never asked
+    assert not paths.state_dir(prepared.root, "tiny").exists() and not (prepared.root / "mlflow.db").exists()
+    assert _torchrun(prepared.root).returncode == 0  # released: the same launch trains
+
+
+@pytest.mark.slow
 def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_path):
     """DVC's own lock (.dvc/tmp/rwlock) only covers DVC: the experiment lock stops the repro's stage.
     The same project also shows that the run's dataset digest is DVC's hash of the data."""
