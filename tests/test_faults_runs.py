@@ -139,7 +139,6 @@ def test_under_torchrun_rank_0_takes_the_lock_and_a_refusal_stops_every_rank(pre
     assert f"error: tiny is in use by `dcganlab train` (PID {os.getpid()} on host" in result.stderr
     assert result.stderr.count("is in use by") == 1  # one lock per training: rank 1 never asked
     assert not paths.state_dir(prepared.root, "tiny").exists() and not (prepared.root / "mlflow.db").exists()
-    assert _torchrun(prepared.root).returncode == 0  # released: the same launch trains
 
 
 @pytest.mark.slow
@@ -243,8 +242,10 @@ def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_datase
 
 @pytest.mark.slow
 def test_sigkill_in_evaluates_mlflow_phase_leaves_no_running_run_after_the_next_start(tmp_path):
+    from dcganlab.train import train
+
     p = _with_extractor(prepare_project(tmp_path))
-    assert _cli(tmp_path, "train", "tiny").returncode == 0
+    train(p, "tiny", progress=False)
     proc, marker = _start(tmp_path, "evaluate", "tiny", hook="log_metrics")
     _wait_for(marker, proc)
     _kill9(proc)
