@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import copy_project, prepare_project, run_cmd, tiny_params
+from conftest import copy_project, prepare_project, tiny_params
 from dcganlab import paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -160,8 +160,8 @@ def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_p
     direct, marker = _start(work, "train", "tiny", hook="train_step")
     try:
         _wait_for(marker, direct)
-        repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "train@tiny"], cwd=work, env=_env(PATH=env["PATH"]),
-                               capture_output=True, text=True, timeout=300)
+        repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "train@tiny"], cwd=work,
+                               env=_env(PATH=env["PATH"]), capture_output=True, text=True, timeout=300)
         assert repro.returncode != 0, repro.stdout
         assert f"tiny is in use by `dcganlab train` (PID {direct.pid} on host" in repro.stdout + repro.stderr
     finally:
