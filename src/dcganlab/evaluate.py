@@ -30,6 +30,7 @@ from dcganlab.config import Params
 from dcganlab.extractor import describe, embed, load_extractor, predict_classes, to_float
 from dcganlab.files import dvc_output, read_json
 from dcganlab.inception import load_inception
+from dcganlab.locks import experiment_lock
 from dcganlab.metrics import (finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
                               per_class_accuracy, precision_recall)
 from dcganlab.sample import balanced_labels, nice_samples
@@ -114,6 +115,13 @@ def _flat_numbers(prefix: str, value, out: dict) -> None:
 
 
 def evaluate(params: Params, name: str) -> dict:
+    """`_evaluate` under the experiment's lock (`locks`): never beside its training, which may rewrite
+    the model and reopens the same MLflow run."""
+    with experiment_lock(params.root, name, "evaluate"):
+        return _evaluate(params, name)
+
+
+def _evaluate(params: Params, name: str) -> dict:
     t_start = time.perf_counter()
     root, ev = params.root, params.evaluate
     e = params.experiment(name)

@@ -23,6 +23,7 @@ from dcganlab.errors import UserError
 from dcganlab.evaluate import fid_kid_features, reference
 from dcganlab.files import CHECKPOINT, load_torch, restore
 from dcganlab.extractor import embed, load_extractor
+from dcganlab.locks import experiment_lock
 from dcganlab.progress import progress
 from dcganlab.sample import balanced_labels
 from dcganlab.tracking import existing_run
@@ -45,6 +46,13 @@ def _wall_clock(state) -> dict[int, float]:
 
 
 def quality(params: Params, name: str) -> pd.DataFrame:
+    """`_quality` under the experiment's lock (`locks`): never beside its training, which may rewrite
+    the model and reopens the same MLflow run."""
+    with experiment_lock(params.root, name, "quality"):
+        return _quality(params, name)
+
+
+def _quality(params: Params, name: str) -> pd.DataFrame:
     root, ev = params.root, params.evaluate
     e = params.experiment(name)
     state = paths.state_dir(root, name)

@@ -4,10 +4,11 @@
 - Monitor: non-finite losses and discriminator collapse, tracked on the device (no per-step sync).
 - LoopState + checkpoint_blob/resume: the exact position (mid-epoch included) and every RNG
   state, so a resumed run ends bit-identical to an uninterrupted one on CPU.
-- finished/backfill: a rerun never logs a model or an epoch to MLflow twice.
+- finished/backfill: a rerun never logs a model or an epoch (metrics, grid) to MLflow twice, nor misses one.
 """
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -171,10 +172,35 @@ def epoch_metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("epoch", "images")}
 
 
-def backfill(mlflow, history: list) -> None:
-    """Epochs a killed process checkpointed but never sent to MLflow (killed in between): send them once."""
+def backfill(mlflow, history: list, grids: Path) -> None:
+    """Epochs a killed process (or one whose tracking server went away) checkpointed but never
+    sent to MLflow: their metrics and their grid images (`grids`: the PNGs on disk), each once."""
+    from PIL import Image
+
     run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss_d")}
+    client = mlflow.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "loss_d")}
+    shown = image_steps(client, run_id, "samples")
     for row in history:
         if row["epoch"] not in logged:
             mlflow.log_metrics(epoch_metrics(row), step=row["epoch"])
+        png = grids / f"epoch_{row['epoch']:04d}.png"
+        if row["epoch"] not in shown and png.is_file():
+            with Image.open(png) as image:
+                mlflow.log_image(image.copy(), key="samples", step=row["epoch"], synchronous=True)
+
+
+# MLflow's file name for an image logged with a key and step (mlflow/tracking/client.py, log_image):
+# images/<key>+step+<step>+timestamp+<ms>+<uuid>.png (older versions: '%' for '+'), plus a
+# '+compressed.webp' thumbnail
+_IMAGE_FILE = re.compile(r"^images/(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
+
+
+def image_steps(client, run_id: str, key: str) -> set[int]:
+    """The steps at which the run holds a full-size image of `key`."""
+    steps = set()
+    for info in client.list_artifacts(run_id, "images"):
+        m = _IMAGE_FILE.match(info.path)
+        if m and m["key"] == key:
+            steps.add(int(m["step"]))
+    return steps

@@ -26,6 +26,7 @@ from dcganlab.config import Params
 from dcganlab.errors import UserError
 from dcganlab.extractor import load_extractor
 from dcganlab.figures import filter_grid, latent_arithmetic, progression
+from dcganlab.locks import experiment_lock
 from dcganlab.tracking import existing_run
 from dcganlab.train import generate, load_model, sample_noise, to_grid
 
@@ -80,6 +81,13 @@ def draw_label(params: Params, name: str, label: str, num: int, out: Path) -> Pa
 
 
 def sample(params: Params, name: str) -> dict:
+    """`_sample` under the experiment's lock (`locks`): never beside its training, which may rewrite
+    the model and reopens the same MLflow run."""
+    with experiment_lock(params.root, name, "sample"):
+        return _sample(params, name)
+
+
+def _sample(params: Params, name: str) -> dict:
     root = params.root
     G, D, meta = load_model(paths.model_path(root, name))
     e, k = meta["experiment"], meta["num_classes"]

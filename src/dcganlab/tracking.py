@@ -8,6 +8,10 @@ stage is its own process, so sample/evaluate reopen the training run by its id
 DVC experiments (`dvc exp run`, `--temp`, `--queue`): runs go to the launching project's store
 (`project_root`), never to the temporary copy DVC deletes afterwards; each run is tagged with
 its DVC experiment (`dvc_tags`) and belongs to that one experiment only (`belongs`).
+
+Faults: a run deleted in the UI is continued in a new run tagged `replaces_deleted_run`; what a
+SIGKILL left open (a RUNNING run, a PENDING logged model) is ended at the next start (`settle`,
+under the experiment's lock, locks.py).
 """
 from __future__ import annotations
 
@@ -260,12 +264,18 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
     starts its own run instead, tagged `continued_from` (train.py back-fills the history)."""
     mlflow = connect(params)
     run_id, saved = _saved_run(mlflow, state)
+    replaces = {}
+    if _deleted(saved) and belongs(saved.data.tags, dvc_tags()):  # deleted in the UI: continue in another run
+        _say_replaced(experiment, run_id)
+        saved, replaces = _replacement(mlflow, saved), {REPLACES: run_id}
     if saved is not None and belongs(saved.data.tags, dvc_tags()):
-        run = mlflow.start_run(run_id=run_id)
+        settle(mlflow, saved, state)
+        run = mlflow.start_run(run_id=saved.info.run_id)
     else:
-        tags = _run_tags(params, experiment, dataset, variant, run_id)
+        tags = {**_run_tags(params, experiment, dataset, variant, run_id), **replaces}
         run = mlflow.start_run(experiment_id=_dataset_experiment(mlflow, params, dataset), run_name=experiment,
                                tags=tags)
+    if run.info.run_id != run_id:
         write_json(run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     try:
         yield mlflow
@@ -287,18 +297,25 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
 def _experiment_run(mlflow, params: Params, state: Path, run_id: str | None, saved) -> str:
     """This DVC experiment's run of the training experiment whose state dir is `state`: the one
     with its tags, else a new one (params copied from the run the model came from)."""
-    from mlflow.entities import Param
-
     name = next((n for n in params.experiments if paths.state_dir(params.root, n) == state), state.parent.name)
-    e = params.experiment(name)
-    exp_id = _dataset_experiment(mlflow, params, e.dataset)
+    exp_id = _dataset_experiment(mlflow, params, params.experiment(name).dataset)
     dvc = dvc_tags()
     for run in mlflow.search_runs([exp_id], filter_string=f"tags.experiment = '{name}'", output_format="list",
                                   order_by=["attributes.start_time DESC"]):
         if all(run.data.tags.get(tag) == value for tag, value in dvc.items()):
             return run.info.run_id
+    return _copied_run(mlflow, params, name, exp_id, run_id, saved)
+
+
+def _copied_run(mlflow, params: Params, name: str, exp_id: str, run_id: str | None, saved, **tags) -> str:
+    """A new run of training experiment `name`, tagged `continued_from` `run_id`, with the params
+    of `saved` (the run the model came from) when there is one."""
+    from mlflow.entities import Param
+
+    e = params.experiment(name)
     client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, tags=_run_tags(params, name, e.dataset, e.variant, run_id), run_name=name)
+    run = client.create_run(exp_id, tags={**_run_tags(params, name, e.dataset, e.variant, run_id), **tags},
+                            run_name=name)
     copied = [Param(k, v) for k, v in (saved.data.params if saved is not None else {}).items()]
     for i in range(0, len(copied), 100):  # MLflow's log_batch limit
         client.log_batch(run.info.run_id, params=copied[i: i + 100])
@@ -313,11 +330,108 @@ def existing_run(params: Params, state: Path) -> Iterator:
     mlflow = connect(params)
     run_id, saved = _saved_run(mlflow, state)
     if saved is not None and belongs(saved.data.tags, dvc_tags()):
-        chosen = run_id
+        chosen = _undeleted(mlflow, params, state, saved) if _deleted(saved) else run_id
     else:
         chosen = _experiment_run(mlflow, params, state, run_id, saved) if dvc_tags() else None
     if chosen is None:
         yield None
         return
+    settle(mlflow, mlflow.get_run(chosen), state)
     with mlflow.start_run(run_id=chosen):
         yield mlflow
+
+
+# ---------------------------------------------------------------- runs deleted in the MLflow UI
+REPLACES = "replaces_deleted_run"  # on the run that continues a deleted one (with `continued_from`)
+
+
+def _deleted(run) -> bool:
+    """A run deleted in the MLflow UI (or `mlflow runs delete`): MLflow refuses to start it again."""
+    return run is not None and run.info.lifecycle_stage == "deleted"
+
+
+def _say_replaced(experiment: str, run_id: str) -> None:
+    print(f"{experiment}: MLflow run {run_id} was deleted; logging to a new run tagged {REPLACES}={run_id}",
+          file=sys.stderr)
+
+
+def _replacement(mlflow, deleted):
+    """The run that an earlier train or evaluate already made in place of `deleted`, or None."""
+    found = mlflow.search_runs([deleted.info.experiment_id], filter_string=f"tags.{REPLACES} = '{deleted.info.run_id}'",
+                               output_format="list", order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def _undeleted(mlflow, params: Params, state: Path, deleted) -> str:
+    """The run a stage after training logs into when the training's run was deleted: its
+    replacement (made by an earlier stage or a resumed training), else a new one with its params.
+    The state dir keeps naming the deleted run (it is the train stage's DVC output); a later
+    training finds the replacement by its tag."""
+    found = _replacement(mlflow, deleted)
+    if found is not None:
+        return found.info.run_id
+    name = deleted.data.tags.get("experiment") or state.parent.name
+    _say_replaced(name, deleted.info.run_id)
+    return _copied_run(mlflow, params, name, deleted.info.experiment_id, deleted.info.run_id, deleted,
+                       **{REPLACES: deleted.info.run_id})
+
+
+# ---------------------------------------------------------------- what a killed process left behind
+def settle(mlflow, run, state: Path) -> None:
+    """End what a process killed with SIGKILL left open in the experiment's run. Called under the
+    experiment's lock (`locks`), so no live process is using the run: a RUNNING run is ended
+    FINISHED if its training had finished (finished.json names it: e.g. evaluate was killed
+    while logging), else KILLED (a killed training, which its rerun reopens); a logged model
+    still PENDING (killed while `log_model` uploaded it) is deleted: the rerun logs it again."""
+    from dcganlab.resilience import finished_path
+
+    client, run_id = mlflow.MlflowClient(), run.info.run_id
+    if run.info.status == "RUNNING":
+        finished = finished_path(state)
+        done = finished.is_file() and json.loads(finished.read_text()).get("run_id") == run_id
+        client.set_terminated(run_id, "FINISHED" if done else "KILLED")
+    for model in client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+        if model.status == "PENDING":
+            client.delete_logged_model(model.model_id)
+
+
+def settle_saved(params: Params, state: Path) -> None:
+    """`settle` the experiment's saved run, for a start that otherwise leaves MLflow alone (a
+    rerun after a complete training); a tracking server that does not answer is left for later."""
+    try:
+        mlflow = connect(params)
+    except UserError:
+        return
+    _, saved = _saved_run(mlflow, state)
+    if saved is not None and not _deleted(saved) and belongs(saved.data.tags, dvc_tags()):
+        settle(mlflow, saved, state)
+
+
+# ---------------------------------------------------------------- the training data, for the UI's Dataset column
+def dvc_dir_md5(folder: Path) -> str:
+    """The hash DVC gives a folder output (dvc.lock's `md5: <hex>.dir`; dvc_data's
+    Tree.digest/as_bytes): md5 of the JSON list of its files' {md5, relpath}, sorted by relpath."""
+    import hashlib
+
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        md5 = hashlib.md5()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                md5.update(chunk)
+        entries.append({"md5": md5.hexdigest(), "relpath": path.relative_to(folder).as_posix()})
+    entries.sort(key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def log_dataset(mlflow, params: Params, dataset: str) -> None:
+    """The active run's training data as an MLflow dataset input: its name, its folder (relative
+    to the project) and DVC's hash of that folder as digest, so the UI's Dataset column shows
+    which data version trained the run. Computed rather than read from dvc.lock, which a direct
+    `dcganlab prepare` leaves stale."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    folder = paths.processed_dir(params.root, dataset)
+    source = LocalArtifactDatasetSource(folder.relative_to(params.root).as_posix())
+    mlflow.log_input(MetaDataset(source, name=dataset, digest=dvc_dir_md5(folder)), context="training")

@@ -38,9 +38,10 @@ from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import ExperimentParams, Params, as_dict
 from dcganlab.errors import UserError
 from dcganlab.files import dvc_output, load_npy, load_torch, read_json
+from dcganlab.locks import experiment_lock
 from dcganlab.models import DOut
 from dcganlab.progress import progress as progress_of
-from dcganlab.tracking import connect, redact_uri, training_run
+from dcganlab.tracking import connect, log_dataset, redact_uri, settle_saved, training_run
 from dcganlab.resilience import (Diverged, GracefulStop, Interrupted, LoopState, Monitor, backfill,  # noqa: F401
                                  checkpoint_blob, epoch_metrics, finished_path, logged_already, resume)
 from dcganlab.variants import VARIANTS
@@ -214,9 +215,11 @@ def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor |
 def train(params: Params, name: str, progress: bool = True) -> dict:
     """Train experiment `name` (resuming from its checkpoint when there is one); returns the summary.
     While it runs, SIGTERM and Ctrl-C only set a flag: the loop checkpoints at its next step and
-    raises Interrupted."""
+    raises Interrupted. One process trains an experiment at a time (`locks`: rank 0 holds the
+    lock for the whole torchrun job), taken before any state or MLflow run is read."""
     world = distributed.from_env()  # torchrun sets RANK / WORLD_SIZE; else a world of one
-    with GracefulStop() as stop:
+    lock = experiment_lock(params.root, name, "train") if world.main else contextlib.nullcontext()
+    with lock, GracefulStop() as stop:
         try:
             return _train(params, name, progress, stop, world)
         finally:
@@ -404,6 +407,7 @@ class Trainer:
         if not self.main:
             return {}
         print(f"{self.name}: already trained for {self.e.epochs} epochs; outputs rewritten, nothing logged to MLflow")
+        settle_saved(self.params, self.state)  # e.g. a run left RUNNING by an evaluate killed with SIGKILL
         return self.write_outputs()
 
     def claim_state_dir(self) -> None:
@@ -434,9 +438,12 @@ class Trainer:
         checkpoint "at the start": from then on every rerun reopens this MLflow run."""
         if self.main and self.st.resumed:
             self.mlflow.set_tag("epochs_target", self.e.epochs)  # params are immutable; `epochs` may have been raised
-            backfill(self.mlflow, self.st.history)  # a new run continuing another's checkpoint: the whole history
+            # epochs (metrics and grids) a killed or failed process never logged; for a new run continuing
+            # another's checkpoint: the whole history
+            backfill(self.mlflow, self.st.history, self.state / "grids")
         if self.main and not self.mlflow.active_run().data.params:  # a new run (not a reopened one)
             self.log_params()
+            log_dataset(self.mlflow, self.params, self.e.dataset)  # once per run, like its params
         if not self.st.resumed:
             self.save()
 
