@@ -15,6 +15,7 @@ under the experiment's lock, locks.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
