@@ -1,12 +1,15 @@
 """Atomic outputs: every file is written to a temp name beside it, then renamed.
 
 A reader (or a crashed run) never sees a half-written file where a complete one is
-expected. Directories are built under a temp name and swapped in whole.
+expected. Directories are built under a temp name and swapped in whole. A killed process
+leaves its temp entries behind (gigabytes for a dataset): the next write of the same path
+removes those whose process is gone.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +18,56 @@ from typing import Any, Iterator
 import numpy as np
 
 
+_temp_names: dict[Path, list[str]] = {}  # folder -> its temp-looking entries, listed once per process
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` may exist (a reused pid counts: its temp entry waits for a later run)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no pid reaches
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_dead(folder: Path, names: list[str], pattern: re.Pattern) -> None:
+    """Remove the entries of `folder` named by `pattern` (group 1: the writer's pid) whose
+    writer is gone. Never one of a live process: it may be writing it right now."""
+    for name in names:
+        match = pattern.fullmatch(name)
+        if not match or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        stale = folder / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def remove_file_leftovers(path: Path) -> None:
+    """`atomic_path`'s temp files for `path` (`.{stem}.tmp{pid}{suffix}`) that a killed process
+    left. Its folder is listed once per process: prepare writes thousands of files into one."""
+    if path.parent not in _temp_names:
+        _temp_names[path.parent] = [n for n in os.listdir(path.parent) if ".tmp" in n]
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.tmp([0-9]+){re.escape(path.suffix)}")
+    _remove_dead(path.parent, _temp_names[path.parent], pattern)
+
+
+def remove_dir_leftovers(path: Path) -> None:
+    """`atomic_dir`'s temp and set-aside folders for `path` (`.{name}.tmp{pid}`, `.{name}.old{pid}`)
+    that a killed process left: a whole dataset each."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)([0-9]+)")
+    _remove_dead(path.parent, os.listdir(path.parent), pattern)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path` (same suffix); rename it over `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_file_leftovers(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -69,6 +117,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temp name; swap it in place of `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dir_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
