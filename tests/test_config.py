@@ -234,7 +234,7 @@ def test_every_size_and_rate_has_an_upper_bound_with_one_message(key, limit):
     assert errors == []
     over = limit * 10 if isinstance(limit, int) else 1e308  # the 1e7, 1e10, 1e308
     _, errors = check_params(tiny_params(**{key: over, **pool}))
-    assert errors == [f"{key}: must be <= {limit:g}"]
+    assert errors == [f"{key}: must be <= {limit if isinstance(limit, int) else f'{limit:g}'}"]
 
 
 def test_the_upper_bounds_list_every_size_and_rate():

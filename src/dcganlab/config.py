@@ -29,7 +29,8 @@ RESERVED_EXPERIMENTS = {"extractors", "eval", "quality", "samples", "figures"}
 # Upper bounds: far above every recipe here, low enough that a typo fails at once with one line
 # rather than at allocation minutes later, or as a float32 overflow mid-run after the old
 # checkpoint was set aside (`lr_g: 1e308` passed before). Why each number:
-MAX_RATE = 10.0         # lr_g, lr_d, extractor.lr: a step 10x the weights' scale already diverges; float32 ends at 3.4e38
+MAX_RATE = 10.0         # lr_g, lr_d, extractor.lr: a step 10x the weights' scale already diverges
+                        # (float32 ends at 3.4e38)
 MAX_WIDTH = 512         # ngf, ndf: at 128x128 the widest conv joins 16*512 and 8*512 channels: 5e8 weights,
                         # 2 GB of float32 (6 GB with Adam's two moments), the most one GPU holds comfortably
 MAX_Z = 4096            # z_dim: G's first layer is z_dim x 16*ngf x 4 x 4 weights, 5e8 at ngf 512
@@ -259,7 +260,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
 
     def most(value: float, limit: float, key: str) -> None:
         """The upper bound (a value under the lower bound has its own message)."""
-        need(value <= limit, f"{key}: must be <= {limit:g}")
+        need(value <= limit, f"{key}: must be <= {limit if isinstance(limit, int) else f'{limit:g}'}")
 
     for name, d in p.datasets.items():
         w = f"datasets.{label(name)}"
