@@ -32,12 +32,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def writer_gone(temp_name: str) -> bool:
+    """Whether the process that named a temp entry `.{name}.tmp{pid}...` has ended."""
+    match = re.match(r".*\.(?:tmp|old)([0-9]+)", temp_name)  # the last such part: a stem may hold ".tmp5"
+    return bool(match) and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1)))
+
+
 def _remove_dead(folder: Path, names: list[str], pattern: re.Pattern) -> None:
-    """Remove the entries of `folder` named by `pattern` (group 1: the writer's pid) whose
-    writer is gone. Never one of a live process: it may be writing it right now."""
+    """Remove the entries of `folder` named by `pattern` whose writer is gone. Never one of a
+    live process: it may be writing it right now."""
     for name in names:
-        match = pattern.fullmatch(name)
-        if not match or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+        if not pattern.fullmatch(name) or not writer_gone(name):
             continue
         stale = folder / name
         if stale.is_dir() and not stale.is_symlink():
