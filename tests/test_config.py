@@ -208,3 +208,51 @@ def test_every_single_bad_value_gives_one_message_and_no_crash():
         for value in ("x", -1, 1e30, [1], {"a": 1}, float("nan"), 2**70):
             _, errors = check_params(tiny_params(**{key: value}))
             assert len(errors) <= 1, (key, value, errors)
+
+
+# every size and rate has an upper bound (config.py says why each); the issue's cases first
+UPPER_BOUNDS = [
+    ("experiments.tiny.lr_g", 10.0), ("experiments.tiny.ngf", 512), ("experiments.tiny.z_dim", 4096),
+    ("train.grid_size", 1024), ("experiments.tiny.lr_d", 10.0), ("experiments.tiny.ndf", 512),
+    ("experiments.tiny.epochs", 100_000), ("experiments.tiny.batch_size", 65536),
+    ("experiments.tiny.feature_matching", 1e6), ("experiments.tiny.smooth_sigma", 100.0),
+    ("experiments.tiny.seed_offset", 2**32 - 1), ("datasets.digits.min_face_size", 100_000),
+    ("datasets.digits.scale_factor", 10.0), ("datasets.digits.min_neighbors", 1000),
+    ("datasets.digits.max_pixels", 10**9), ("datasets.digits.workers", 256),
+    ("train.checkpoint_every_steps", 10**9), ("train.collapse_steps", 10**9), ("sample.num", 1024),
+    ("sample.interpolation_pairs", 64), ("sample.interpolation_steps", 64), ("sample.arithmetic_rows", 64),
+    ("sample.arithmetic_pool", 100_000), ("sample.arithmetic_mean_of", 100), ("extractor.epochs", 100_000),
+    ("extractor.batch_size", 65536), ("extractor.lr", 10.0), ("extractor.features", 4096),
+    ("evaluate.num_samples", 50_000), ("evaluate.kid_subset_size", 50_000), ("evaluate.batch_size", 65536),
+    ("evaluate.pr_k", 100), ("evaluate.ssim_pairs", 10**6), ("evaluate.probe_train_n", 10**6),
+    ("evaluate.nice_factor", 20), ("evaluate.curve_samples", 50_000), ("evaluate.inception_samples", 50_000),
+]
+
+
+@pytest.mark.parametrize("key,limit", UPPER_BOUNDS, ids=[k for k, _ in UPPER_BOUNDS])
+def test_every_size_and_rate_has_an_upper_bound_with_one_message(key, limit):
+    pool = {"sample.arithmetic_pool": 3 * limit} if key == "sample.arithmetic_mean_of" else {}  # pool >= 3 x mean_of
+    _, errors = check_params(tiny_params(**{key: limit, **pool}))
+    assert errors == []
+    over = limit * 10 if isinstance(limit, int) else 1e308  # the issue's 1e7, 1e10, 1e308
+    _, errors = check_params(tiny_params(**{key: over, **pool}))
+    assert errors == [f"{key}: must be <= {limit if isinstance(limit, int) else f'{limit:g}'}"]
+
+
+def test_the_upper_bounds_list_every_size_and_rate():
+    """A new numeric key in params needs a bound (and this list an entry)."""
+    from dataclasses import fields
+
+    from dcganlab import config
+
+    sections = {"datasets.digits": config.DatasetParams, "experiments.tiny": config.ExperimentParams,
+                "train": config.TrainParams, "sample": config.SampleParams, "extractor": config.ExtractorParams,
+                "evaluate": config.EvaluateParams}
+    numeric = {f"{where}.{f.name}" for where, cls in sections.items() for f in fields(cls) if f.type in ("int", "float")}
+    bounded_both_ways = {"datasets.digits.image_size", "datasets.digits.channels", "datasets.digits.margin",
+                         "datasets.digits.test_fraction", "experiments.tiny.beta1", "experiments.tiny.beta2",
+                         "experiments.tiny.momentum", "experiments.tiny.real_label", "experiments.tiny.fake_label",
+                         "experiments.tiny.lr_decay", "experiments.tiny.flip_p", "train.collapse_real",
+                         "train.collapse_fake"}
+    caps = {"datasets.digits.limit"}  # at most this many images: a huge one means all, nothing is allocated
+    assert numeric - bounded_both_ways - caps == {k for k, _ in UPPER_BOUNDS}

@@ -14,12 +14,14 @@ from typing import Callable, Optional
 
 import typer
 
-from dcganlab.errors import UserError
+from dcganlab.errors import UserError, quote
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, sample, evaluate and compare the DCGAN family (DVC stages + MLflow tracking).")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file; paths are relative to its folder")
+StageOpt = typer.Option(False, "--dvc-stage", help="take the name from $DVC_STAGE (`<command>@<name>`, set by DVC "
+                        "for every stage): how dvc.yaml passes names, so that none is ever shell code")
 
 
 def _run(work: Callable[[], object]) -> None:
@@ -44,8 +46,29 @@ def _names(chosen: Optional[str], available: dict, kind: str) -> list[str]:
     if chosen is None:
         return list(available)
     if chosen not in available:
-        raise UserError(f"unknown {kind} '{chosen}' (params.yaml has: {', '.join(available) or 'none'})")
+        from dcganlab.config import listing
+
+        raise UserError(f"unknown {kind} {quote(chosen)} (params.yaml has: {listing(available)})")
     return [chosen]
+
+
+def _chosen(command: str, given: Optional[str], from_stage: bool) -> Optional[str]:
+    """The name a stage command works on: `given`, or with --dvc-stage the key of DVC's foreach
+    stage. dvc.yaml's `cmd:` holds no `${key}`: a shell would run a name like `x;rm -rf ~` as code
+    before dcganlab could refuse it. DVC puts the stage's address in the environment instead
+    (dvc/stage/run.py, prepare_kwargs): `train@NAME`, or `sub/dvc.yaml:train@NAME` outside the root."""
+    if not from_stage:
+        return given
+    if given is not None:
+        raise UserError(f"{command}: give a name or --dvc-stage, not both")
+    address, prefix = os.environ.get("DVC_STAGE", ""), f"{command}@"
+    if address.startswith(prefix):
+        return address[len(prefix):]
+    at = address.find(f":{prefix}")  # DVC's foreach keys may hold ':', its file paths hardly ':train@'
+    if at < 0:
+        raise UserError(f"{command} --dvc-stage: $DVC_STAGE is {quote(address)}, not '{prefix}<name>' "
+                        f"(DVC sets it when it runs a stage)")
+    return address[at + 1 + len(prefix):]
 
 
 def _params(path: Path):
@@ -56,7 +79,7 @@ def _params(path: Path):
 
 @app.command()
 def fetch(dataset: Optional[str] = typer.Argument(None, help="dataset name in params.yaml (default: all)"),
-          params: Path = ParamsOpt) -> None:
+          from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Fetch raw data. Reads params `datasets.<name>` (source, path, split, limit); writes
     data/raw/<name>/images/ and data/raw/<name>/manifest.csv (file, label, source, checksum).
     Download sources cache archives in data/downloads/."""
@@ -64,8 +87,9 @@ def fetch(dataset: Optional[str] = typer.Argument(None, help="dataset name in pa
         from dcganlab import paths
         from dcganlab.sources import fetch as fetch_stage
 
+        chosen = _chosen("fetch", dataset, from_stage)
         p = _params(params)
-        for name in _names(dataset, p.datasets, "dataset"):
+        for name in _names(chosen, p.datasets, "dataset"):
             m = fetch_stage(p.datasets[name], paths.raw_dir(p.root, name), paths.downloads_dir(p.root), p.root)
             typer.echo(f"fetch {name}: {len(m)} images -> {paths.raw_dir(p.root, name)}")
     _run(work)
@@ -73,7 +97,7 @@ def fetch(dataset: Optional[str] = typer.Argument(None, help="dataset name in pa
 
 @app.command()
 def prepare(dataset: Optional[str] = typer.Argument(None, help="dataset name in params.yaml (default: all)"),
-            params: Path = ParamsOpt) -> None:
+            from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Detect/crop faces (if `detect_faces`), resize, convert channels. Reads data/raw/<name>/;
     writes data/processed/<name>/ (images.npy N x C x H x W uint8, labels.npy, split.npy,
     manifest.csv with a status per input file, stats.json)."""
@@ -82,8 +106,9 @@ def prepare(dataset: Optional[str] = typer.Argument(None, help="dataset name in 
         from dcganlab.faces import CropSettings
         from dcganlab.prepare import prepare as prepare_stage
 
+        chosen = _chosen("prepare", dataset, from_stage)
         p = _params(params)
-        for name in _names(dataset, p.datasets, "dataset"):
+        for name in _names(chosen, p.datasets, "dataset"):
             ds = p.datasets[name]
             stats = prepare_stage(paths.raw_dir(p.root, name), paths.processed_dir(p.root, name),
                                   CropSettings.from_dataset(ds), ds.test_fraction, p.seed, ds.workers)
@@ -121,7 +146,7 @@ def faces(src: Path = typer.Argument(..., help="folder of photos, searched recur
 
 @app.command()
 def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (default: all)"),
-              params: Path = ParamsOpt) -> None:
+              from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Train the offline `domain` feature extractor for FID/KID on a dataset's real training
     split. Reads data/processed/<name>/ and params `extractor`; writes
     models/extractors/<name>.pt and .json (kind, feature size, test accuracy or error)."""
@@ -130,8 +155,9 @@ def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (
         from dcganlab.extractor import describe, train_extractor
         from dcganlab.train import load_processed
 
+        chosen = _chosen("extractor", dataset, from_stage)
         p = _params(params)
-        for name in _names(dataset, p.datasets, "dataset"):
+        for name in _names(chosen, p.datasets, "dataset"):
             data = load_processed(paths.processed_dir(p.root, name))
             info = train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, name), name)
             typer.echo(f"extractor {name}: {describe(info)}")
@@ -140,7 +166,7 @@ def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (
 
 @app.command()
 def train(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
-          params: Path = ParamsOpt) -> None:
+          from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Train an experiment's GAN (resumes from models/<exp>/train/checkpoint.pt). Reads
     data/processed/<dataset>/ and params `experiments.<exp>`, `train`, `seed`; writes
     models/<exp>/model.pt, models/<exp>/train/ (checkpoint, per-epoch generators and
@@ -148,8 +174,9 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
     def work():
         from dcganlab.train import train as train_stage
 
+        chosen = _chosen("train", experiment, from_stage)
         p = _params(params)
-        for name in _names(experiment, p.experiments, "experiment"):
+        for name in _names(chosen, p.experiments, "experiment"):
             s = train_stage(p, name)
             if not s:  # a torchrun process other than rank 0: rank 0 reports
                 continue
@@ -162,7 +189,7 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
            label: Optional[str] = typer.Option(None, "--label", help="conditional models: draw this class only"),
            num: int = typer.Option(16, "--num", help="with --label: how many samples"),
            out: Optional[Path] = typer.Option(None, "--out", help="with --label: output PNG"),
-           params: Path = ParamsOpt) -> None:
+           from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Sample a trained model. Reads models/<exp>/model.pt, its per-epoch grids in
     models/<exp>/train/grids/, models/extractors/<dataset>.pt and params `sample`; writes
     reports/samples/<exp>/: grid.png (non-cherry-picked), interpolation.png, nice.png
@@ -174,15 +201,16 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
         from dcganlab import paths
         from dcganlab.sample import draw_label, sample as sample_stage
 
+        chosen = _chosen("sample", experiment, from_stage)
         p = _params(params)
         if label is not None:
-            if experiment is None:
+            if chosen is None:
                 raise UserError("--label needs an experiment name")
-            p.experiment(experiment)
-            path = draw_label(p, experiment, label, num, out or paths.report_dir(p.root, experiment) / f"label_{label}.png")
-            typer.echo(f"sample {experiment}: {num} x '{label}' -> {path}")
+            p.experiment(chosen)
+            path = draw_label(p, chosen, label, num, out or paths.report_dir(p.root, chosen) / f"label_{label}.png")
+            typer.echo(f"sample {chosen}: {num} x '{label}' -> {path}")
             return
-        for name in _names(experiment, p.experiments, "experiment"):
+        for name in _names(chosen, p.experiments, "experiment"):
             files = sample_stage(p, name)
             typer.echo(f"sample {name}: {', '.join(files.values())}")
     _run(work)
@@ -190,7 +218,7 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
 
 @app.command()
 def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
-             params: Path = ParamsOpt) -> None:
+             from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """FID/KID, precision/recall, diversity, class accuracy / mode coverage, linear probe of a
     trained generator (and its discriminator). Reads models/<exp>/model.pt,
     models/extractors/<dataset>.pt, data/processed/<dataset>/, the InceptionV3 weights if
@@ -199,8 +227,9 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
     def work():
         from dcganlab.evaluate import evaluate as evaluate_stage
 
+        chosen = _chosen("evaluate", experiment, from_stage)
         p = _params(params)
-        for name in _names(experiment, p.experiments, "experiment"):
+        for name in _names(chosen, p.experiments, "experiment"):
             m = evaluate_stage(p, name)
             typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
                        f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']}); "
@@ -210,7 +239,7 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
 
 @app.command()
 def quality(experiment: Optional[str] = typer.Argument(None, help="experiment name (default: all)"),
-            params: Path = ParamsOpt) -> None:
+            from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """FID/KID of every saved epoch generator (cheap: `evaluate.curve_samples` images). Reads
     models/<exp>/train/ (generators, checkpoint history), models/extractors/<dataset>.pt,
     data/processed/<dataset>/; writes reports/quality/<exp>.csv (epoch, wall_s, fid, kid,
@@ -218,8 +247,9 @@ def quality(experiment: Optional[str] = typer.Argument(None, help="experiment na
     def work():
         from dcganlab.quality import quality as quality_stage, quality_path
 
+        chosen = _chosen("quality", experiment, from_stage)
         p = _params(params)
-        for name in _names(experiment, p.experiments, "experiment"):
+        for name in _names(chosen, p.experiments, "experiment"):
             table = quality_stage(p, name)
             last = table.iloc[-1]
             typer.echo(f"quality {name}: {len(table)} epochs, last FID {last['fid']:.3f} "

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from dcganlab.errors import ParamsError
+from dcganlab.errors import ParamsError, quote
 
 SOURCES = ("mnist-subset", "lfw-subset", "mnist", "fashion-mnist", "cifar10", "stl10", "celeba", "folder")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # also keeps names from leaving their folders
@@ -25,6 +25,38 @@ SPLITS = {"mnist": ("train", "test"), "fashion-mnist": ("train", "test"), "cifar
           "stl10": ("train", "test", "unlabeled", "train+unlabeled"), "celeba": ("train", "valid", "test", "all")}
 # experiment names that are folders of models/ or reports/ themselves
 RESERVED_EXPERIMENTS = {"extractors", "eval", "quality", "samples", "figures"}
+
+# Upper bounds: far above every recipe here, low enough that a typo fails at once with one line
+# rather than at allocation minutes later, or as a float32 overflow mid-run after the old
+# checkpoint was set aside (`lr_g: 1e308` passed before). Why each number:
+MAX_RATE = 10.0         # lr_g, lr_d, extractor.lr: a step 10x the weights' scale already diverges
+                        # (float32 ends at 3.4e38)
+MAX_WIDTH = 512         # ngf, ndf: at 128x128 the widest conv joins 16*512 and 8*512 channels: 5e8 weights,
+                        # 2 GB of float32 (6 GB with Adam's two moments), the most one GPU holds comfortably
+MAX_Z = 4096            # z_dim: G's first layer is z_dim x 16*ngf x 4 x 4 weights, 5e8 at ngf 512
+MAX_BATCH = 65536       # every batch_size: 65536 images of 128x128 RGB are 13 GB of float32 input alone
+MAX_EPOCHS = 100_000    # every epoch keeps a generator and a grid on disk: 100000 of each
+MAX_STEPS = 10**9       # step counts (checkpoint_every_steps, collapse_steps): no memory, but kept to int64 arithmetic
+MAX_GRID = 1024         # train.grid_size, sample.num: images drawn in one pass into one PNG (nice.png draws 20x
+                        # sample.num: 20480 images of 64x64 RGB float32 are 1 GB)
+MAX_FIGURE = 64         # sample's interpolation pairs/steps and arithmetic rows: 64 x 64 images in one figure
+MAX_MEAN_OF = 100       # sample.arithmetic_mean_of: latents averaged per kind (the paper averages 3)
+MAX_POOL = 100_000      # sample.arithmetic_pool: latents generated and classified (100000 x 64x64 RGB float32: 5 GB)
+MAX_EVAL = 50_000       # evaluate's image counts: FID's customary 50000; generated images are held at once
+                        # (50000 x 64x64 RGB float32: 2.5 GB; nice_factor multiplies it)
+MAX_NICE = 20           # evaluate.nice_factor: sample.py's nice.png uses 20
+MAX_PR_K = 100          # precision/recall: k-NN radius, k far below any sample count
+MAX_PAIRS = 1_000_000   # evaluate.ssim_pairs, probe_train_n: pairs and images handled one batch at a time
+MAX_FEATURES = 4096     # extractor.features: one linear layer's width (Inception's is 2048)
+MAX_FM = 1e6            # feature_matching weight: G's losses are O(1..100); x1e6 stays far inside float32
+MAX_SIGMA = 100.0       # smooth_sigma: the 5x5 kernel is flat beyond ~5; 100 keeps sigma^2 finite in float32
+MAX_WORKERS = 256       # prepare's processes: each holds a decoder and its images
+MAX_FACE = 100_000      # min_face_size (pixels): larger than any image max_pixels allows
+MAX_SCALE = 10.0        # Haar scale_factor: 10x between detection scales already misses most faces
+MAX_NEIGHBORS = 1000    # Haar min_neighbors: more overlapping detections than a photo ever gives
+MAX_PIXELS = 10**9      # max_pixels: an image this large decodes to 4 GB (RGBA); larger is a bomb, not a photo
+MAX_ERRORS = 20         # invalid params: this many messages, then a count (one line, however broken the file)
+MAX_EXPANSION = 100_000  # YAML nodes after aliases are expanded; an alias bomb is billions
 
 
 @dataclass
@@ -139,13 +171,27 @@ class Params:
 
     def experiment(self, name: str) -> ExperimentParams:
         if name not in self.experiments:
-            raise ParamsError(f"unknown experiment '{name}' (params.yaml has: {', '.join(self.experiments) or 'none'})")
+            raise ParamsError(f"unknown experiment {quote(name)} (params.yaml has: {listing(self.experiments)})")
         return self.experiments[name]
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:
-            raise ParamsError(f"unknown dataset '{name}' (params.yaml has: {', '.join(self.datasets) or 'none'})")
+            raise ParamsError(f"unknown dataset {quote(name)} (params.yaml has: {listing(self.datasets)})")
         return self.datasets[name]
+
+
+def label(name: Any) -> str:
+    """A name or key as error messages show it: as is if short and printable, else quoted
+    (a newline in a name must not split the one-line error; a 1 MB key must not fill it)."""
+    text = str(name)
+    return text if text.isprintable() and len(text) <= 80 else quote(name)
+
+
+def listing(names: Any) -> str:
+    """Names for a message: the first few, each as `label` shows it."""
+    names = list(names)
+    shown = ", ".join(label(n) for n in names[:10]) or "none"
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
 
 
 def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
@@ -167,14 +213,14 @@ def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
         if number is not None:
             if math.isfinite(number):
                 return number
-            errors.append(f"{where}: must be a finite number, got {value!r}")
+            errors.append(f"{where}: must be a finite number, got {quote(value)}")
             return None
     elif typ is str:
         if isinstance(value, str):
             return value
         if value is None:
             return ""
-    errors.append(f"{where}: expected {typ.__name__}, got {value!r}")
+    errors.append(f"{where}: expected {typ.__name__}, got {quote(value)}")
     return None
 
 
@@ -182,13 +228,13 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{where.lstrip('.') or 'the top level'}: expected a mapping, got {raw!r}"[:200])
+        errors.append(f"{where.lstrip('.') or 'the top level'}: expected a mapping, got {quote(raw)}")
         return cls()
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls) if f.name != "root"}
     for key in raw:
         if key not in known:
-            errors.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
+            errors.append(f"{where}.{label(key)}: unknown key (known: {', '.join(sorted(known))})".lstrip("."))
     kwargs = {}
     for key in [k for k in raw if k in known]:  # params.yaml's order, not a set's (hash-seed dependent)
         typ = hints[key]
@@ -200,7 +246,7 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
             if not isinstance(value, dict):
                 errors.append(f"{where}.{key}: expected a mapping of name -> settings".lstrip("."))
                 continue
-            kwargs[key] = {str(k): _build(item_cls, v, f"{key}.{k}", errors) for k, v in value.items()}
+            kwargs[key] = {str(k): _build(item_cls, v, f"{key}.{label(k)}", errors) for k, v in value.items()}
         else:
             kwargs[key] = _coerce(raw[key], typ, f"{where}.{key}".lstrip("."), errors)
     return cls(**{k: v for k, v in kwargs.items() if v is not None})
@@ -213,10 +259,14 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         if not cond:
             errors.append(msg)
 
+    def most(value: float, limit: float, key: str) -> None:
+        """The upper bound (a value under the lower bound has its own message)."""
+        need(value <= limit, f"{key}: must be <= {limit if isinstance(limit, int) else f'{limit:g}'}")
+
     for name, d in p.datasets.items():
-        w = f"datasets.{name}"
+        w = f"datasets.{label(name)}"
         need(bool(NAME_RE.match(name)), f"{w}: name may hold only letters, digits, '-' and '_'")
-        need(d.source in SOURCES, f"{w}.source: unknown source '{d.source}' (known: {', '.join(SOURCES)})")
+        need(d.source in SOURCES, f"{w}.source: unknown source {quote(d.source)} (known: {', '.join(SOURCES)})")
         need(d.source != "folder" or bool(d.path), f"{w}.path: the folder source needs a path")
         need(d.image_size >= 8 and d.image_size <= 1024, f"{w}.image_size: must be in 8..1024")
         need(d.channels in (1, 3), f"{w}.channels: must be 1 or 3")
@@ -228,12 +278,15 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(d.max_pixels >= 1, f"{w}.max_pixels: must be >= 1")
         need(0.0 <= d.test_fraction < 1.0, f"{w}.test_fraction: must be in [0, 1)")
         need(d.workers >= 1, f"{w}.workers: must be >= 1")
+        for key, limit in (("min_face_size", MAX_FACE), ("scale_factor", MAX_SCALE), ("min_neighbors", MAX_NEIGHBORS),
+                           ("max_pixels", MAX_PIXELS), ("workers", MAX_WORKERS)):
+            most(getattr(d, key), limit, f"{w}.{key}")
     for name, e in p.experiments.items():
-        w = f"experiments.{name}"
+        w = f"experiments.{label(name)}"
         need(bool(NAME_RE.match(name)), f"{w}: name may hold only letters, digits, '-' and '_'")
-        need(e.dataset in p.datasets, f"{w}.dataset: unknown dataset '{e.dataset}' (params.yaml has: {', '.join(p.datasets)})")
+        need(e.dataset in p.datasets, f"{w}.dataset: unknown dataset {quote(e.dataset)} (params.yaml has: {listing(p.datasets)})")
         if e.variant not in VARIANTS:
-            errors.append(f"{w}.variant: unknown variant '{e.variant}' (known: {', '.join(VARIANTS)})")
+            errors.append(f"{w}.variant: unknown variant {quote(e.variant)} (known: {', '.join(VARIANTS)})")
         elif e.dataset in p.datasets and 8 <= p.datasets[e.dataset].image_size <= 1024:  # else said above
             problem = VARIANTS[e.variant].check(e, p.datasets[e.dataset])
             need(problem is None, f"{w}: {problem}")
@@ -252,20 +305,24 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(0.0 < e.lr_decay <= 1.0, f"{w}.lr_decay: must be in (0, 1]")
         need(0.0 <= e.flip_p <= 1.0, f"{w}.flip_p: must be in [0, 1]")
         need(e.smooth_sigma > 0.0, f"{w}.smooth_sigma: must be > 0")
+        for key, limit in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH), ("z_dim", MAX_Z), ("ngf", MAX_WIDTH),
+                           ("ndf", MAX_WIDTH), ("lr_g", MAX_RATE), ("lr_d", MAX_RATE), ("feature_matching", MAX_FM),
+                           ("smooth_sigma", MAX_SIGMA), ("seed_offset", 2**32 - 1)):
+            most(getattr(e, key), limit, f"{w}.{key}")
     folded = [n.lower() for n in p.experiments]
     need(len(set(folded)) == len(folded), "experiments: two names differ only in case (their folders would clash)")
     for name in p.experiments:
         need(name.lower() not in RESERVED_EXPERIMENTS,
-             f"experiments.{name}: name is reserved (it is a folder of models/ or reports/: "
+             f"experiments.{label(name)}: name is reserved (it is a folder of models/ or reports/: "
              f"{', '.join(sorted(RESERVED_EXPERIMENTS))})")
     for name, d in p.datasets.items():
         splits = SPLITS.get(d.source)
         need(splits is None or d.split in splits,
-             f"datasets.{name}.split: '{d.split}' is not a split of {d.source} (known: {', '.join(splits or ())})")
+             f"datasets.{label(name)}.split: {quote(d.split)} is not a split of {d.source} (known: {', '.join(splits or ())})")
     need(0 <= p.seed <= 2**32 - 1, "seed: must be in 0..4294967295")
     for name, e in p.experiments.items():
-        need(e.seed_offset >= 0, f"experiments.{name}.seed_offset: must be >= 0")
-    need(bool(DEVICE_RE.match(p.train.device)), f"train.device: '{p.train.device}' is not auto, cpu, mps, cuda or cuda:N")
+        need(e.seed_offset >= 0, f"experiments.{label(name)}.seed_offset: must be >= 0")
+    need(bool(DEVICE_RE.match(p.train.device)), f"train.device: {quote(p.train.device)} is not auto, cpu, mps, cuda or cuda:N")
     need(p.sample.interpolation_pairs >= 1, "sample.interpolation_pairs: must be >= 1")
     need(p.evaluate.batch_size >= 1, "evaluate.batch_size: must be >= 1")
     need(p.extractor.batch_size >= 2, "extractor.batch_size: must be >= 2")
@@ -283,7 +340,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.sample.interpolation_steps >= 2, "sample.interpolation_steps: must be >= 2")
     need(p.sample.arithmetic_rows >= 1, "sample.arithmetic_rows: must be >= 1")
     need(p.sample.arithmetic_mean_of >= 1, "sample.arithmetic_mean_of: must be >= 1")
-    need(p.sample.arithmetic_pool >= 3 * p.sample.arithmetic_mean_of,
+    need(p.sample.arithmetic_mean_of > MAX_MEAN_OF  # (that one has its own message below)
+         or p.sample.arithmetic_pool >= 3 * p.sample.arithmetic_mean_of,
          "sample.arithmetic_pool: must be >= 3 x sample.arithmetic_mean_of")
     need(p.evaluate.num_samples >= 2, "evaluate.num_samples: must be >= 2")
     need(p.evaluate.kid_subset_size >= 2, "evaluate.kid_subset_size: must be >= 2")
@@ -296,12 +354,28 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.evaluate.inception_samples >= 2, "evaluate.inception_samples: must be >= 2")
     need(p.extractor.epochs >= 1, "extractor.epochs: must be >= 1")
     need(p.extractor.lr > 0, "extractor.lr: must be > 0")
+    for section, key, limit in (
+            ("train", "grid_size", MAX_GRID), ("train", "checkpoint_every_steps", MAX_STEPS),
+            ("train", "collapse_steps", MAX_STEPS),
+            ("sample", "num", MAX_GRID), ("sample", "interpolation_pairs", MAX_FIGURE),
+            ("sample", "interpolation_steps", MAX_FIGURE), ("sample", "arithmetic_rows", MAX_FIGURE),
+            ("sample", "arithmetic_pool", MAX_POOL), ("sample", "arithmetic_mean_of", MAX_MEAN_OF),
+            ("extractor", "epochs", MAX_EPOCHS), ("extractor", "batch_size", MAX_BATCH), ("extractor", "lr", MAX_RATE),
+            ("extractor", "features", MAX_FEATURES),
+            ("evaluate", "num_samples", MAX_EVAL), ("evaluate", "kid_subset_size", MAX_EVAL),
+            ("evaluate", "batch_size", MAX_BATCH), ("evaluate", "pr_k", MAX_PR_K), ("evaluate", "ssim_pairs", MAX_PAIRS),
+            ("evaluate", "probe_train_n", MAX_PAIRS), ("evaluate", "nice_factor", MAX_NICE),
+            ("evaluate", "curve_samples", MAX_EVAL), ("evaluate", "inception_samples", MAX_EVAL)):
+        most(getattr(getattr(p, section), key), limit, f"{section}.{key}")
 
 
 def parse_params(raw: Any, root: Path = Path(".")) -> Params:
     params, errors = check_params(raw)
     if errors:
-        raise ParamsError("invalid params: " + "; ".join(errors))
+        more = f"; ... and {len(errors) - MAX_ERRORS} more" if len(errors) > MAX_ERRORS else ""
+        # one line whatever a message quotes (the variant checks name datasets as they are)
+        text = "; ".join(errors[:MAX_ERRORS]).replace("\r", "\\r").replace("\n", "\\n")
+        raise ParamsError("invalid params: " + text + more)
     params.root = root
     return params
 
@@ -342,6 +416,29 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _check_expansion(node: yaml.Node | None, path: Path) -> None:
+    """Refuse a document whose aliases expand to more than MAX_EXPANSION nodes (or into
+    themselves). PyYAML shares an aliased value instead of copying it, so an alias bomb (ten
+    aliases of ten aliases of ...) loads small, then a billion-element value reaches the checks,
+    a message or MLflow. Anchors and merge keys that reuse a section stay allowed."""
+    sizes: dict[int, int | None] = {}  # node -> its expanded size; None while it is being counted
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            if sizes[id(n)] is None:
+                raise ParamsError(f"invalid params: {path}: line {n.start_mark.line + 1}: an alias refers to itself")
+            return sizes[id(n)]
+        sizes[id(n)] = None
+        children = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode)
+                    else n.value if isinstance(n, yaml.SequenceNode) else [])
+        sizes[id(n)] = min(1 + sum(size(c) for c in children), MAX_EXPANSION + 1)  # (capped: stays a small int)
+        return sizes[id(n)]
+
+    if node is not None and size(node) > MAX_EXPANSION:
+        raise ParamsError(f"invalid params: {path}: its YAML aliases expand to over {MAX_EXPANSION} values "
+                          f"(an alias bomb?)")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
@@ -352,9 +449,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     loader = _StrictLoader(text)
     try:
-        raw = loader.get_single_data()
+        node = loader.get_single_node()
+        _check_expansion(node, path)
+        raw = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise ParamsError(f"{path}: nested too deeply") from None
+    except ValueError as exc:  # an int of over 4300 digits: Python's int() refuses it
+        raise ParamsError(f"{path}: a value YAML cannot read ({str(exc).split(':')[0]})") from None
     finally:
         loader.dispose()
     if loader.duplicates:

@@ -226,9 +226,10 @@ def download_source(source: str, root: Path, split: str):
 def scan_folder(folder: Path, exclude: Path | None = None,
                 trusted: tuple[Path, ...] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
     """(image files under `folder`, recursively, sorted; [(path inside folder, why not)] for
-    every other entry). Hidden files and folders, links leading outside the folder or nowhere,
-    and other extensions are left out and never followed; links inside the folder, or into a
-    `trusted` folder (the project's DVC cache: `dvc add` with a symlink cache), are read."""
+    every other entry). Unreadable folders, hidden files and folders, links leading outside the
+    folder or nowhere, and other extensions are left out and never followed; links inside the
+    folder, or into a `trusted` folder (the project's DVC cache: `dvc add` with a symlink cache),
+    are read."""
     folder = folder.resolve()
     roots = (folder, *(t.resolve() for t in trusted))
     exclude = exclude.resolve() if exclude is not None else None
@@ -238,7 +239,10 @@ def scan_folder(folder: Path, exclude: Path | None = None,
     def skip(path: Path, why: str) -> None:
         ignored.append((shown(path.relative_to(folder).as_posix()), why))
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    def unreadable(err: OSError) -> None:  # os.walk drops a folder it cannot list, silently unless told
+        skip(Path(err.filename), f"unreadable folder ({err.strerror or type(err).__name__})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
         here = Path(dirpath)
         keep = []
         for name in sorted(dirnames):
