@@ -253,6 +253,6 @@ def test_the_upper_bounds_list_every_size_and_rate():
                          "datasets.digits.test_fraction", "experiments.tiny.beta1", "experiments.tiny.beta2",
                          "experiments.tiny.momentum", "experiments.tiny.real_label", "experiments.tiny.fake_label",
                          "experiments.tiny.lr_decay", "experiments.tiny.flip_p", "train.collapse_real",
-                         "train.collapse_fake"}
+                         "train.collapse_fake", "train.serve_max_latents"}
     caps = {"datasets.digits.limit"}  # at most this many images: a huge one means all, nothing is allocated
     assert numeric - bounded_both_ways - caps == {k for k, _ in UPPER_BOUNDS}
