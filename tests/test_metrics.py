@@ -124,8 +124,6 @@ def test_coverage_does_not_rise_when_another_datasets_images_are_mixed_in(digit_
     assert mixed["coverage"] < pure["coverage"], (mixed, pure)
     # the 150 faces cover far fewer digits than 150 more digits would
     assert mixed["coverage"] < (half["coverage"] + pure["coverage"]) / 2, (mixed, half, pure)
-    # recall, by contrast, is fooled: the faces widen the generated manifold's k-NN balls
-    assert precision_recall(real, torch.cat([digits[:150], faces]))["recall"] >= precision_recall(real, digits[:150])["recall"]
 
 
 # ---------------------------------------------------------------- diversity
