@@ -81,7 +81,8 @@ SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "ex
                "reference_split", "images_per_s", "train_wall_s", "epochs", "variant", "dataset",
                "precision", "recall", "pr_k", "precision_real_floor", "recall_real_floor", "diversity_ssim",
                "diversity_ssim_real", "ssim_pairs", "class_accuracy", "mode_coverage", "linear_probe",
-               "fid_ranked", "inception", "inception_status", "eval_seconds"}
+               "fid_ranked", "inception", "inception_status", "eval_seconds",
+               "density", "coverage", "prdc_k", "density_real_floor", "coverage_real_floor"}
 
 
 def _mlflow_metrics(root, name):
@@ -102,6 +103,8 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     assert json.loads(paths.eval_path(trained.root, "tiny").read_text()) == json.loads(json.dumps(m))
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["pr_k"] == 3
     assert 0 <= m["precision_real_floor"] <= 1 and 0 <= m["recall_real_floor"] <= 1
+    assert 0 <= m["coverage"] <= 1 and m["density"] >= 0 and m["prdc_k"] == m["pr_k"]
+    assert 0 < m["coverage_real_floor"] <= 1 and m["density_real_floor"] > 0
     assert -1 <= m["diversity_ssim"] <= 1 and -1 <= m["diversity_ssim_real"] < 1 and m["ssim_pairs"] == 20
     assert m["class_accuracy"] is None  # unconditional model
     cov = m["mode_coverage"]
@@ -116,6 +119,7 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     client, run_id = _mlflow_metrics(trained.root, "tiny")
     logged = client.get_run(run_id).data.metrics
     assert logged["precision"] == m["precision"] and logged["linear_probe_d_features"] == probe["d_features"]
+    assert logged["coverage"] == m["coverage"] and logged["density"] == m["density"]
     assert logged["mode_coverage_classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
 
 
