@@ -102,6 +102,11 @@ def _bad_inputs(tmp_path, digits) -> dict:
     rgb.mkdir()
     for i in range(40):
         Image.fromarray(np.repeat(digits[i][..., None], 3, axis=2)).save(rgb / f"{i}.jpg")
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    for i in range(40):
+        Image.fromarray(np.repeat(digits[i][..., None], 4, axis=2), mode="RGBA").save(rgba / f"{i}.png")
+    np.savez(tmp_path / "two.npz", images=digits, labels=np.zeros(len(digits), np.uint8))
     np.save(tmp_path / "few.npy", digits[:10])
     np.save(tmp_path / "float.npy", digits.astype(np.float32))
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
@@ -109,7 +114,8 @@ def _bad_inputs(tmp_path, digits) -> dict:
     return {"size": (small, "8x8"), "channels": (rgb, "3 channel"), "count": (tmp_path / "few.npy", "10 images"),
             "dtype": (tmp_path / "float.npy", "uint8"), "broken": (tmp_path / "broken.npy", "unreadable"),
             "empty": (tmp_path / "empty", "no PNG or JPEG"), "missing": (tmp_path / "nope", "no such"),
-            "run": ("runs:/0123456789abcdef0123456789abcdef/generator", "cannot load MLflow model")}
+            "run": ("runs:/0123456789abcdef0123456789abcdef/generator", "cannot load MLflow model"),
+            "rgba": (rgba, "image mode RGBA"), "npz": (tmp_path / "two.npz", "arrays images, labels")}
 
 
 def test_bad_images_give_one_line_errors_and_write_nothing(project, tmp_path):
