@@ -124,12 +124,17 @@ def _crown_champion(params: Params, name: str, table: pd.DataFrame, files: dict)
             return  # training has not registered its final generator (yet): nothing to stand beside
         final = finals[-1]
         champion = final if best == last else _epoch_version(mlflow, run_id, final.name, best, files[best], params)
-        client = mlflow.MlflowClient()
-        client.set_registered_model_alias(final.name, CHAMPION, champion.version)
-        newest = max(client.search_model_versions(f"name='{final.name}'"), key=lambda v: int(v.version))
-        if newest.version == champion.version != final.version:  # `latest` back on the final generator
-            client.create_model_version(final.name, final.source, run_id, tags=final.tags, model_id=final.model_id)
+        mlflow.MlflowClient().set_registered_model_alias(final.name, CHAMPION, champion.version)
+        _keep_latest_final(mlflow.MlflowClient(), final)
         mlflow.set_tags({"best_epoch": best, "final_epoch": last})
+
+
+def _keep_latest_final(client, final) -> None:
+    """MLflow's `latest` is the newest version number: when that is one of this run's epoch
+    generators, register the final generator again (same logged model and tags) to be newer."""
+    newest = max(client.search_model_versions(f"name='{final.name}'"), key=lambda v: int(v.version))
+    if newest.run_id == final.run_id and EPOCH_TAG in (newest.tags or {}):
+        client.create_model_version(final.name, final.source, final.run_id, tags=final.tags, model_id=final.model_id)
 
 
 def _epoch_version(mlflow, run_id: str, registered: str, epoch: int, path, params: Params):
