@@ -118,6 +118,7 @@ def _bad_inputs(tmp_path, digits) -> dict:
             "rgba": (rgba, "image mode RGBA"), "npz": (tmp_path / "two.npz", "arrays images, labels")}
 
 
+@pytest.mark.slow
 def test_bad_images_give_one_line_errors_and_write_nothing(project, tmp_path):
     p, digits = project
     out = tmp_path / "out.json"
