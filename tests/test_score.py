@@ -1,6 +1,8 @@
 """`dcganlab score DATASET IMAGES`: any images, the metrics `evaluate` uses, through the real CLI
 (folders, arrays, MLflow run URIs) and its one-line errors."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +81,11 @@ def test_a_runs_uri_scores_exactly_what_evaluate_reported(project, tmp_path):
     for key in SAME:
         assert scored[key] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), key
     assert scored["mode_coverage"]["histogram"] == evaluated["mode_coverage"]["histogram"]
+    # the real CLI in a fresh process: stdout is the JSON alone (MLflow's loading chatter goes to stderr)
+    result = subprocess.run([sys.executable, "-m", "dcganlab", "score", "digits", f"runs:/{run_id}/generator",
+                             "--params", str(p.root / "params.yaml")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["coverage"] == scored["coverage"]
 
 
 def test_the_calibration_headline_is_printed_beside_the_numbers(project, tmp_path):
