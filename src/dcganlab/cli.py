@@ -204,7 +204,9 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
             m = evaluate_stage(p, name)
             typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
                        f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']}); "
-                       f"precision {m['precision']:.3f} recall {m['recall']:.3f}; inception {m['inception_status']}")
+                       f"coverage {m['coverage']:.3f} (floor {m['coverage_real_floor']}) density {m['density']:.3f} "
+                       f"precision {m['precision']:.3f} recall {m['recall']:.3f} (k={m['prdc_k']}); "
+                       f"inception {m['inception_status']}")
     _run(work)
 
 
