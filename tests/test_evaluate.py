@@ -81,7 +81,8 @@ SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "ex
                "reference_split", "images_per_s", "train_wall_s", "epochs", "variant", "dataset",
                "precision", "recall", "pr_k", "precision_real_floor", "recall_real_floor", "diversity_ssim",
                "diversity_ssim_real", "ssim_pairs", "class_accuracy", "mode_coverage", "linear_probe",
-               "fid_ranked", "inception", "inception_status", "eval_seconds"}
+               "fid_ranked", "inception", "inception_status", "eval_seconds",
+               "density", "coverage", "prdc_k", "density_real_floor", "coverage_real_floor"}
 
 
 def _mlflow_metrics(root, name):
@@ -102,6 +103,8 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     assert json.loads(paths.eval_path(trained.root, "tiny").read_text()) == json.loads(json.dumps(m))
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["pr_k"] == 3
     assert 0 <= m["precision_real_floor"] <= 1 and 0 <= m["recall_real_floor"] <= 1
+    assert 0 <= m["coverage"] <= 1 and m["density"] >= 0 and m["prdc_k"] == m["pr_k"]
+    assert 0 < m["coverage_real_floor"] <= 1 and m["density_real_floor"] > 0
     assert -1 <= m["diversity_ssim"] <= 1 and -1 <= m["diversity_ssim_real"] < 1 and m["ssim_pairs"] == 20
     assert m["class_accuracy"] is None  # unconditional model
     cov = m["mode_coverage"]
@@ -116,6 +119,7 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     client, run_id = _mlflow_metrics(trained.root, "tiny")
     logged = client.get_run(run_id).data.metrics
     assert logged["precision"] == m["precision"] and logged["linear_probe_d_features"] == probe["d_features"]
+    assert logged["coverage"] == m["coverage"] and logged["density"] == m["density"]
     assert logged["mode_coverage_classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
 
 
@@ -212,3 +216,73 @@ def test_quality_stage_writes_one_row_per_saved_epoch(prepared):
 def test_quality_without_saved_generators_is_a_user_error(prepared):
     result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(prepared.root / "params.yaml")])
     assert result.exit_code == 1 and "no saved epoch generators" in result.output
+
+
+# ---------------------------------------------------------------- the champion generator
+@pytest.fixture
+def logged(prepared):
+    """The tiny project trained for 3 epochs with its final generator registered in a private store."""
+    from dcganlab.config import load_params
+    from dcganlab.extractor import train_extractor
+    from dcganlab.train import load_processed, train
+    from conftest import tiny_params, write_params
+
+    uri = f"sqlite:///{prepared.root / 'mlflow.db'}"
+    write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True,
+                                               "tracking.uri": uri}))
+    p = load_params(prepared.root / "params.yaml")
+    data = load_processed(paths.processed_dir(p.root, "digits"))
+    train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
+    train(p, "tiny", progress=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return p, mlflow.MlflowClient(uri)
+
+
+def _outputs(model_uri: str, path, z: np.ndarray) -> tuple:
+    """(what the registered model draws, what the generator file draws) for the same latents."""
+    import mlflow
+
+    from dcganlab.train import generate, load_model
+
+    G, _, _ = load_model(path)
+    return mlflow.pyfunc.load_model(model_uri).predict(z), generate(G, torch.from_numpy(z), None).numpy()
+
+
+def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(logged):
+    import pandas as pd
+
+    from dcganlab.quality import _crown_champion, best_epoch, saved_generators
+    from dcganlab.tracking import EPOCH_TAG
+
+    p, client = logged
+    result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(p.root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(p.root / "reports/quality/tiny.csv")
+    crowned = client.get_model_version_by_alias("tiny", "champion")
+    assert crowned.tags.get(EPOCH_TAG, "3") == str(best_epoch(table))  # no tag: the final version (epoch 3)
+
+    files = saved_generators(paths.state_dir(p.root, "tiny"))
+    assert sorted(files) == [1, 2, 3]
+    z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    # the curve says epoch 1 is best: its generator becomes a version with alias champion
+    early = table.assign(fid=[1.0, 2.0, 3.0])
+    _crown_champion(p, "tiny", early, files)
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    assert champion.tags[EPOCH_TAG] == "1"
+    served, ours = _outputs("models:/tiny@champion", files[1], z)
+    np.testing.assert_allclose(served, ours, atol=1e-6)
+    served, ours = _outputs("models:/tiny/latest", paths.model_path(p.root, "tiny"), z)  # latest: still the final
+    np.testing.assert_allclose(served, ours, atol=1e-6)
+    count = len(client.search_model_versions("name='tiny'"))
+    _crown_champion(p, "tiny", early, files)  # a rerun registers nothing new
+    assert len(client.search_model_versions("name='tiny'")) == count
+    assert client.get_model_version_by_alias("tiny", "champion").version == champion.version
+    # the last epoch is best: champion is the final generator's version
+    _crown_champion(p, "tiny", table.assign(fid=[3.0, 2.0, 1.0]), files)
+    final = client.get_model_version_by_alias("tiny", "champion")
+    assert EPOCH_TAG not in final.tags and final.run_id == champion.run_id
+    served, ours = _outputs("models:/tiny@champion", paths.model_path(p.root, "tiny"), z)
+    np.testing.assert_allclose(served, ours, atol=1e-6)
+    assert client.get_run(final.run_id).data.tags["best_epoch"] == "3"

@@ -92,6 +92,12 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
         assert not any(isinstance(v, (dict, list)) for v in m.values())  # flat for `dvc metrics show/diff`
         assert m["class_accuracy.mean"] == 0.9 and m["linear_probe.d_features"] == 0.9
     assert metrics["digits-dcgan"]["arithmetic_agreement"] == 0.5
+    # which generator: the final and the best epoch by the curve ([95, 70, 50, 30, 20]: the last is best)
+    chosen = {k: v for k, v in metrics["faces-face-dcgan"].items() if k.startswith("generator.")}
+    assert chosen == {"generator.final_epoch": 5, "generator.final_curve_fid": 20.0, "generator.best_epoch": 5,
+                      "generator.best_curve_fid": 20.0}
+    assert "generator.best_epoch" not in metrics["digits-cgan"]  # no curve
+    assert "final = epoch 5 (curve FID 20" in md and "`models:/faces-face-dcgan@champion` is the best" in md
     assert "1 of 2 came out as expected" in md
     figures = reports / "reports/figures"
     assert {p.name for p in figures.iterdir()} == {"faces-cartoon_quality.png", "faces-face-dcgan_quality.png",
@@ -100,6 +106,14 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
     assert "![FID vs epoch and vs wall-clock seconds](figures/faces-cartoon_quality.png)" in md
     assert "](samples/digits-dcgan/grid.png)" in md
     assert "quality curve: n/a" in md  # digits-cgan has none
+
+
+def test_generator_choice_names_the_final_and_the_best_epoch(tmp_path):
+    from dcganlab.report import generator_choice, read_quality
+
+    quality_csv(tmp_path / "q.csv", [90, 40, 10, 15, 10])  # a tie: the earliest of equals is best
+    assert generator_choice(read_quality(tmp_path / "q.csv")) == {
+        "final_epoch": 5, "final_curve_fid": 10.0, "best_epoch": 3, "best_curve_fid": 10.0}
 
 
 def test_missing_and_null_metrics_print_na(reports):

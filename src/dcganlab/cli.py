@@ -233,7 +233,36 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
             m = evaluate_stage(p, name)
             typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
                        f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']}); "
-                       f"precision {m['precision']:.3f} recall {m['recall']:.3f}; inception {m['inception_status']}")
+                       f"coverage {m['coverage']:.3f} (floor {m['coverage_real_floor']}) density {m['density']:.3f} "
+                       f"precision {m['precision']:.3f} recall {m['recall']:.3f} (k={m['prdc_k']}); "
+                       f"inception {m['inception_status']}")
+    _run(work)
+
+
+@app.command()
+def score(dataset: str = typer.Argument(..., help="dataset name in params.yaml: whose held-out images to compare with"),
+          images: str = typer.Argument(..., help="folder of PNG/JPEG, .npy/.npz uint8 (N,H,W[,C]), or runs:/ models:/ URI"),
+          out: Optional[Path] = typer.Option(None, "--out", help="write the JSON here instead of stdout"),
+          params: Path = ParamsOpt) -> None:
+    """Score any images with exactly the metrics `evaluate` uses (same extractor, held-out
+    reference images, sample count and seed): FID/KID, precision/recall, density/coverage,
+    diversity, mode coverage, with their real floors and the extractor's calibration headline.
+    For samples of another implementation or a paper's released samples. JSON on stdout or --out."""
+    def work():
+        import json
+
+        from dcganlab.atomic import write_json
+        from dcganlab.score import score as score_images
+
+        p = _params(params)
+        m = score_images(p, dataset, images)
+        if out is None:
+            typer.echo(json.dumps(m, indent=2))
+        else:
+            write_json(out, m)
+        typer.echo(f"score {dataset}: FID {m['fid']:.3f} coverage {m['coverage']:.3f} density {m['density']:.3f} "
+                   f"(k={m['prdc_k']}; real floor coverage {m['coverage_real_floor']}; {m['n_fake']} vs {m['n_real']} "
+                   f"{m['reference_split']}); {m['calibration']}" + (f" -> {out}" if out else ""), err=True)
     _run(work)
 
 

@@ -7,8 +7,10 @@ number of generated and real images, and the real reference split.
   InceptionV3 weights when they are available (`inception`, see inception.py).
 - `fid_real_floor`: FID between two disjoint real samples of the same sizes (train vs
   reference split), the best a generator can hope for at this sample count; likewise
-  `precision_real_floor` / `recall_real_floor`.
-- precision/recall (k-NN manifolds), diversity (mean pairwise SSIM), and on labeled data the
+  `precision_real_floor` / `recall_real_floor` / `density_real_floor` / `coverage_real_floor`.
+- `image_metrics` is every number that needs only the generated images: `dcganlab score`
+  (score.py) computes exactly these for any images, with the same reference and seed.
+- precision/recall and density/coverage (k-NN manifolds, one k: `prdc_k`), diversity (mean pairwise SSIM), and on labeled data the
   domain classifier's view: per-class accuracy (conditional models), mode coverage, and a
   linear probe on the discriminator's features vs raw pixels (see metrics.py).
 - `fid_ranked`: FID of discriminator-ranked samples (the D-best n of nice_factor * n).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from dcganlab.extractor import describe, embed, load_extractor, predict_classes,
 from dcganlab.files import dvc_output, read_json
 from dcganlab.inception import load_inception
 from dcganlab.locks import experiment_lock
-from dcganlab.metrics import (finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
+from dcganlab.metrics import (density_coverage, finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
                               per_class_accuracy, precision_recall)
 from dcganlab.sample import balanced_labels, nice_samples
 from dcganlab.tracking import existing_run, tag_model_versions
@@ -114,6 +117,84 @@ def _flat_numbers(prefix: str, value, out: dict) -> None:
         out[prefix] = float(value)
 
 
+@dataclass
+class Reference:
+    """The real side of every comparison, drawn the same way by `evaluate` and `dcganlab score`."""
+    extractor: nn.Module
+    info: dict            # the extractor's kind, classes, test quality
+    real: torch.Tensor    # up to evaluate.num_samples held-out real images in [-1, 1]
+    real_f: torch.Tensor
+    other_f: torch.Tensor | None  # as many other real images (train split): the real floors; None without a test split
+    split: str
+    data: dict            # the processed dataset
+
+
+def load_reference(params: Params, dataset: str, gen: torch.Generator, desc: str = "") -> Reference:
+    """The extractor, the reference images (drawn with `gen`) and their features. The floor's real
+    images come from their own seeded stream, so they do not depend on what else `gen` draws."""
+    ev = params.evaluate
+    extractor, info = load_extractor(paths.extractor_path(params.root, dataset))
+    real, ref_split, data = reference(params, dataset, ev.num_samples, gen)
+    real_f = embed(extractor, real, ev.batch_size, desc and f"{desc}: features (real)")
+    train_imgs = data["images"][data["split"] == 0]
+    other_f = None
+    if ref_split == "test" and len(train_imgs) >= 2:
+        floor_gen = torch.Generator().manual_seed(params.seed + 201)
+        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=floor_gen)[:ev.num_samples].numpy()])
+        other_f = embed(extractor, other, ev.batch_size)
+    return Reference(extractor, info, real, real_f, other_f, ref_split, data)
+
+
+def _manifold(ref_f: torch.Tensor, f: torch.Tensor, k: int) -> dict:
+    """precision, recall, density, coverage: one k for all four (Naeem et al. use the same balls)."""
+    return {**precision_recall(ref_f, f, k), **density_coverage(ref_f, f, k)}
+
+
+def image_metrics(params: Params, dataset: str, ref: Reference, fake: torch.Tensor, desc: str = "",
+                  mode_images: torch.Tensor | None = None) -> dict:
+    """Every metric that needs only generated images (no G, no D): what `evaluate` and `dcganlab
+    score` share, so both give the same numbers for the same images. `mode_images`: the images
+    whose classes count for mode coverage (default: `fake`)."""
+    ev, seed = params.evaluate, params.seed
+    fake_f = embed(ref.extractor, fake, ev.batch_size, desc and f"{desc}: features (generated)")
+    scores = fid_kid_features(ref.real_f, fake_f, ev.kid_subset_size, seed)
+    floor, manifold_floor = {}, {}
+    if ref.other_f is not None:
+        floor = fid_kid_features(ref.real_f, ref.other_f, ev.kid_subset_size, seed)
+        manifold_floor = _manifold(ref.real_f, ref.other_f, ev.pr_k)
+    coverage = None
+    if ref.info["kind"] == "classifier":
+        images = fake if mode_images is None else mode_images
+        coverage = mode_coverage(predict_classes(ref.extractor, images), ref.info["classes"])
+    inception, status = load_inception(ev.inception, params.root / ev.inception_weights, ev.inception_url,
+                                       shown=ev.inception_weights)
+    inception_scores = None
+    if inception is not None:  # the first inception_samples of the same real and generated images
+        n_i = min(ev.inception_samples, len(ref.real), len(fake))
+        s = fid_kid(inception, ref.real[:n_i], fake[:n_i], ev.kid_subset_size, 50, seed, desc and f"{desc}: inception")
+        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
+                            "n_fake": n_i, "n_real": n_i}
+    ref_split = ref.split
+    return {
+        **scores,
+        "fid_real_floor": floor.get("fid"),
+        "extractor": describe(ref.info),
+        "n_fake": len(fake),
+        "n_real": len(ref.real),
+        "reference_split": f"{dataset}:{ref_split} (held-out real images)" if ref_split == "test" else f"{dataset}:train",
+        **_manifold(ref.real_f, fake_f, ev.pr_k),
+        "pr_k": ev.pr_k,
+        "prdc_k": ev.pr_k,  # density/coverage use the same k-NN balls as precision/recall
+        **{f"{key}_real_floor": manifold_floor.get(key) for key in ("precision", "recall", "density", "coverage")},
+        "diversity_ssim": mean_pairwise_ssim(fake, ev.ssim_pairs, seed),
+        "diversity_ssim_real": mean_pairwise_ssim(ref.real, ev.ssim_pairs, seed),
+        "ssim_pairs": ev.ssim_pairs,
+        "mode_coverage": coverage,
+        "inception": inception_scores,
+        "inception_status": status,
+    }
+
+
 def evaluate(params: Params, name: str) -> dict:
     """`_evaluate` under the experiment's lock (`locks`): never beside its training, which may rewrite
     the model and reopens the same MLflow run."""
@@ -127,28 +208,16 @@ def _evaluate(params: Params, name: str) -> dict:
     e = params.experiment(name)
     G, D, meta = load_model(paths.model_path(root, name))
     k, classes = meta["num_classes"], meta["classes"]
-    extractor, info = load_extractor(paths.extractor_path(root, e.dataset))
     gen = torch.Generator().manual_seed(params.seed + 200)
-    real, ref_split, data = reference(params, e.dataset, ev.num_samples, gen)
-    n_real, n_fake = len(real), ev.num_samples
+    ref = load_reference(params, e.dataset, gen, f"evaluate {name}")
+    extractor, info, data = ref.extractor, ref.info, ref.data
+    n_fake = ev.num_samples
     z = sample_noise(n_fake, meta["experiment"].z_dim, meta["experiment"].noise, "cpu", gen)
     fake_labels = balanced_labels(n_fake, k)
     fake = generate(G, z, fake_labels)
-    real_f = embed(extractor, real, ev.batch_size, f"evaluate {name}: features (real)")
-    fake_f = embed(extractor, fake, ev.batch_size, f"evaluate {name}: features (generated)")
-    scores = fid_kid_features(real_f, fake_f, ev.kid_subset_size, params.seed)
-    pr = precision_recall(real_f, fake_f, ev.pr_k)
-
-    train_imgs = data["images"][data["split"] == 0]
-    floor, pr_floor = {}, {}
-    if ref_split == "test" and len(train_imgs) >= 2:
-        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=gen)[:ev.num_samples].numpy()])
-        other_f = embed(extractor, other, ev.batch_size)
-        floor = fid_kid_features(real_f, other_f, ev.kid_subset_size, params.seed)
-        pr_floor = precision_recall(real_f, other_f, ev.pr_k)
 
     labeled = info["kind"] == "classifier"
-    class_accuracy = coverage = probe = None
+    class_accuracy = probe = unconditional = None
     if labeled:
         if k:  # conditional: does G draw the requested digit? (fake used balanced labels)
             class_accuracy = {**per_class_accuracy(predict_classes(extractor, fake), fake_labels, classes),
@@ -156,56 +225,31 @@ def _evaluate(params: Params, name: str) -> dict:
             # mode coverage of unconditional use: labels drawn uniformly at random
             z_u = sample_noise(n_fake, e.z_dim, e.noise, "cpu", gen)
             unconditional = generate(G, z_u, torch.randint(k, (n_fake,), generator=gen))
-        else:
-            unconditional = fake
-        coverage = mode_coverage(predict_classes(extractor, unconditional), info["classes"])
         if D is not None and (data["split"] == 1).sum() >= 2:
             probe = _probe(params, D, data, gen)
+    shared = image_metrics(params, e.dataset, ref, fake, f"evaluate {name}", unconditional)
 
     fid_ranked = None
     if D is not None:
         ranked, _ = nice_samples(G, D, n_fake, e.z_dim, e.noise, ev.nice_factor, gen, fake_labels)
-        fid_ranked = fid_kid_features(real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size, params.seed)["fid"]
-
-    inception, status = load_inception(ev.inception, root / ev.inception_weights, ev.inception_url,
-                                       shown=ev.inception_weights)
-    inception_scores = None
-    if inception is not None:  # the first inception_samples of the same real and generated images
-        n_i = min(ev.inception_samples, n_real, n_fake)
-        s = fid_kid(inception, real[:n_i], fake[:n_i], ev.kid_subset_size, 50, params.seed, f"evaluate {name}: inception")
-        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
-                            "n_fake": n_i, "n_real": n_i}
+        fid_ranked = fid_kid_features(ref.real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size,
+                                      params.seed)["fid"]
 
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"
     if train_json.is_file():
         train_info = read_json(train_json, "training summary", dvc_output(train_json, f"train@{name}"))
     metrics = {
-        **scores,
-        "fid_real_floor": floor.get("fid"),
-        "extractor": describe(info),
-        "n_fake": n_fake,
-        "n_real": n_real,
-        "reference_split": f"{e.dataset}:{ref_split} (held-out real images)" if ref_split == "test" else f"{e.dataset}:train",
+        **shared,
         "images_per_s": train_info.get("images_per_s"),
         "train_wall_s": train_info.get("train_wall_s"),
         "epochs": train_info.get("epochs"),
         "variant": e.variant,
         "dataset": e.dataset,
-        **pr,
-        "pr_k": ev.pr_k,
-        "precision_real_floor": pr_floor.get("precision"),
-        "recall_real_floor": pr_floor.get("recall"),
-        "diversity_ssim": mean_pairwise_ssim(fake, ev.ssim_pairs, params.seed),
-        "diversity_ssim_real": mean_pairwise_ssim(real, ev.ssim_pairs, params.seed),
-        "ssim_pairs": ev.ssim_pairs,
         "class_accuracy": class_accuracy,
-        "mode_coverage": coverage,
         "linear_probe": probe,
         "fid_ranked": finite_or_none(fid_ranked),
         "fid_ranked_factor": ev.nice_factor if fid_ranked is not None else None,
-        "inception": inception_scores,
-        "inception_status": status,
     }
     metrics["eval_seconds"] = time.perf_counter() - t_start
     write_json(paths.eval_path(root, name), metrics)
@@ -213,11 +257,13 @@ def _evaluate(params: Params, name: str) -> dict:
         if mlflow is not None:
             numbers: dict = {}
             for key in ("fid", "kid", "kid_std", "fid_real_floor", "precision", "recall", "precision_real_floor",
-                        "recall_real_floor", "diversity_ssim", "diversity_ssim_real", "class_accuracy",
+                        "recall_real_floor", "density", "coverage", "density_real_floor", "coverage_real_floor",
+                        "diversity_ssim", "diversity_ssim_real", "class_accuracy",
                         "mode_coverage", "linear_probe", "fid_ranked", "inception", "eval_seconds"):
                 _flat_numbers(key, metrics[key], numbers)
             mlflow.log_metrics(numbers)
-            mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": n_fake, "eval.n_real": n_real,
-                             "eval.reference_split": metrics["reference_split"], "eval.inception_status": status})
+            mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": n_fake, "eval.n_real": metrics["n_real"],
+                             "eval.reference_split": metrics["reference_split"],
+                             "eval.inception_status": metrics["inception_status"]})
             tag_model_versions(mlflow, {"fid": metrics["fid"], "kid": metrics["kid"], "extractor": metrics["extractor"]})
     return metrics

@@ -5,6 +5,13 @@
   with radius = distance to the k-th nearest neighbour in the same set. Precision = share of
   generated points inside the real manifold; recall = share of real points inside the
   generated manifold.
+- density_coverage: Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative
+  Models": the same k-NN balls around the real points only (the real manifold is sampled
+  evenly; the generated one may not be). Density = mean number of real balls holding a
+  generated point, / k (about 1 for matching distributions, unbounded above); coverage = share
+  of real balls holding at least one generated point. Implemented here rather than calling the
+  authors' `prdc` (it prints to stdout, where `dcganlab score` writes its JSON); tests check it
+  against `prdc.compute_prdc`.
 - mean_pairwise_ssim: diversity as mean SSIM (scikit-image) of random pairs; higher = more alike.
 - class_histogram / mode_coverage / per_class_accuracy: what a domain classifier sees in samples.
 - linear_probe: accuracy of a standardised logistic regression (scikit-learn), the
@@ -48,6 +55,24 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     precision = _inside(fake, real, _kth_nn_radius(real, k, chunk), chunk).double().mean()
     recall = _inside(real, fake, _kth_nn_radius(fake, k, chunk), chunk).double().mean()
     return {"precision": float(precision), "recall": float(recall)}
+
+
+@torch.no_grad()
+def density_coverage(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3, chunk: int = 1024) -> dict:
+    """Density (>= 0) and coverage (in [0, 1]) of fake vs real features, with balls of the
+    k-th nearest real neighbour's radius around each real point (Naeem et al. 2020)."""
+    real, fake = real_feats.double(), fake_feats.double()
+    if len(real) < 2 or len(fake) < 1:
+        raise ValueError("density_coverage needs at least 2 real and 1 fake feature vectors")
+    radii = _kth_nn_radius(real, k, chunk)
+    hits = torch.zeros(len(fake), dtype=torch.float64)  # per fake point: real balls holding it
+    nearest = torch.full((len(real),), math.inf, dtype=torch.float64)  # per real point: closest fake
+    for i in range(0, len(real), chunk):
+        d = torch.cdist(real[i: i + chunk], fake)
+        hits += (d < radii[i: i + chunk, None]).sum(dim=0)
+        nearest[i: i + chunk] = d.min(dim=1).values
+    # strict "<" as in the authors' code (prdc), so that a duplicate point does not count
+    return {"density": float(hits.mean() / min(k, len(real) - 1)), "coverage": float((nearest < radii).double().mean())}
 
 
 # ---------------------------------------------------------------- diversity

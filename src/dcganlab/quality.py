@@ -8,6 +8,13 @@ differ only in the generator. wall_s is the training wall clock at the end of th
 (from the checkpoint's history). Writes reports/quality/<exp>.csv and logs the curve to
 the experiment's MLflow run as metrics `fid_curve` / `kid_curve` with step = epoch and
 timestamp = run start + wall_s, so MLflow's relative-time axis shows training wall clock.
+
+The curve also chooses the generator (`best_epoch`: lowest FID). With `train.log_model`, the
+registered model `<exp>` gets the alias `champion` on that epoch's generator: the final version
+when the best epoch is the last, else the epoch's generator logged to the run (`generator_epoch_N`)
+and registered as a version tagged `epoch` (once: a rerun reuses it). MLflow reserves the alias
+`latest` and resolves it to the highest version number, so the final generator is registered
+again after a new champion version: `models:/<exp>/latest` stays the final generator.
 """
 from __future__ import annotations
 
@@ -26,14 +33,19 @@ from dcganlab.extractor import embed, load_extractor
 from dcganlab.locks import experiment_lock
 from dcganlab.progress import progress
 from dcganlab.sample import balanced_labels
-from dcganlab.tracking import existing_run
-from dcganlab.train import generate, load_model, sample_noise
+from dcganlab.tracking import EPOCH_TAG, existing_run, final_versions, model_versions
+from dcganlab.train import generate, load_model, log_pyfunc_generator, sample_noise
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 def quality_path(root, experiment: str):
     return root / "reports" / "quality" / f"{experiment}.csv"
+
+
+def saved_generators(state) -> dict:
+    """epoch -> its saved generator file in the state dir."""
+    return {int(m.group(1)): p for p in (state / "generators").glob("epoch_*.pt") if (m := EPOCH_FILE.match(p.name))}
 
 
 def _wall_clock(state) -> dict[int, float]:
@@ -56,8 +68,7 @@ def _quality(params: Params, name: str) -> pd.DataFrame:
     root, ev = params.root, params.evaluate
     e = params.experiment(name)
     state = paths.state_dir(root, name)
-    files = sorted((int(m.group(1)), p) for p in (state / "generators").glob("epoch_*.pt")
-                   if (m := EPOCH_FILE.match(p.name)))
+    files = sorted(saved_generators(state).items())
     if not files:
         raise UserError(f"no saved epoch generators in {state / 'generators'} (run `dcganlab train {name}` first)")
     extractor, _ = load_extractor(paths.extractor_path(root, e.dataset))
@@ -76,7 +87,13 @@ def _quality(params: Params, name: str) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["epoch", "wall_s", "fid", "kid", "n_fake", "n_real"])
     write_csv(quality_path(root, name), table)
     _log_curve(params, name, table)
+    _crown_champion(params, name, table, dict(files))
     return table
+
+
+def best_epoch(table: pd.DataFrame) -> int:
+    """The epoch with the lowest curve FID (the earliest of equals)."""
+    return int(table.loc[table["fid"].idxmin(), "epoch"])
 
 
 def _log_curve(params: Params, name: str, table: pd.DataFrame) -> None:
@@ -96,3 +113,45 @@ def _log_curve(params: Params, name: str, table: pd.DataFrame) -> None:
         client = mlflow.MlflowClient()
         for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
             client.log_batch(run.info.run_id, metrics=metrics[i: i + 1000])
+
+
+CHAMPION = "champion"
+
+
+def _crown_champion(params: Params, name: str, table: pd.DataFrame, files: dict) -> None:
+    """Alias `champion` on the registry version of the best epoch's generator (see the module doc)."""
+    if not params.train.log_model:
+        return
+    best, last = best_epoch(table), int(table["epoch"].max())
+    with existing_run(params, paths.state_dir(params.root, name)) as mlflow:
+        if mlflow is None:
+            return
+        run_id = mlflow.active_run().info.run_id
+        finals = sorted(final_versions(mlflow, run_id), key=lambda v: int(v.version))
+        if not finals:
+            return  # training has not registered its final generator (yet): nothing to stand beside
+        final = finals[-1]
+        champion = final if best == last else _epoch_version(mlflow, run_id, final.name, best, files[best], params)
+        mlflow.MlflowClient().set_registered_model_alias(final.name, CHAMPION, champion.version)
+        _keep_latest_final(mlflow.MlflowClient(), final)
+        mlflow.set_tags({"best_epoch": best, "final_epoch": last})
+
+
+def _keep_latest_final(client, final) -> None:
+    """MLflow's `latest` is the newest version number: when that is one of this run's epoch
+    generators, register the final generator again (same logged model and tags) to be newer."""
+    newest = max(client.search_model_versions(f"name='{final.name}'"), key=lambda v: int(v.version))
+    if newest.run_id == final.run_id and EPOCH_TAG in (newest.tags or {}):
+        client.create_model_version(final.name, final.source, final.run_id, tags=final.tags, model_id=final.model_id)
+
+
+def _epoch_version(mlflow, run_id: str, registered: str, epoch: int, path, params: Params):
+    """The registry version of epoch `epoch`'s generator: the one a previous run of this stage
+    registered, else logged and registered now (tagged with its epoch)."""
+    for version in model_versions(mlflow, run_id):
+        if (version.tags or {}).get(EPOCH_TAG) == str(epoch):
+            return version
+    G, _, meta = load_model(path, remedy=f"rerun `dcganlab train {registered}`")
+    info = log_pyfunc_generator(mlflow, G, meta["experiment"], meta["channels"], meta["image_size"],
+                                meta["num_classes"], params.train.serve_max_latents, name=f"generator_epoch_{epoch}")
+    return mlflow.register_model(info.model_uri, registered, tags={EPOCH_TAG: str(epoch)})

@@ -29,7 +29,8 @@ from dcganlab.errors import UserError
 # comparison table: column title -> how to read it from an experiment's flattened metrics
 COLUMNS = {
     "variant": "variant", "dataset": "dataset", "epochs": "epochs", "FID": "fid", "FID real floor": "fid_real_floor",
-    "KID": "kid", "precision": "precision", "recall": "recall", "SSIM fake (diversity)": "diversity_ssim",
+    "KID": "kid", "coverage": "coverage", "coverage real floor": "coverage_real_floor", "density": "density",
+    "precision": "precision", "recall": "recall", "SSIM fake (diversity)": "diversity_ssim",
     "SSIM real": "diversity_ssim_real", "images/s": "images_per_s", "train wall s": "train_wall_s",
     "extractor": "extractor", "Inception FID": "inception.fid",
 }
@@ -59,6 +60,16 @@ def read_quality(path: Path) -> pd.DataFrame | None:
     if not {"epoch", "wall_s", "fid"} <= set(q.columns):
         raise UserError(f"{path} lacks the columns epoch, wall_s, fid")
     return q.dropna(subset=["fid"]).sort_values("epoch")
+
+
+def generator_choice(q: pd.DataFrame) -> dict:
+    """The final and the best (quality.best_epoch) generator of a quality curve, each with its
+    epoch and curve FID: the registry's `latest` and `champion` versions."""
+    from dcganlab.quality import best_epoch  # the quality stage's rule (imported here: it loads torch)
+
+    final, best = q.loc[q["epoch"].idxmax()], q.loc[q["epoch"] == best_epoch(q)].iloc[0]
+    return {"final_epoch": int(final["epoch"]), "final_curve_fid": float(final["fid"]),
+            "best_epoch": int(best["epoch"]), "best_curve_fid": float(best["fid"])}
 
 
 def arithmetic(samples: Path, name: str) -> dict:
@@ -166,7 +177,7 @@ def render_html(blocks: list[tuple]) -> str:
 def _how_computed(name: str, m: dict, q: pd.DataFrame | None) -> str:
     parts = [f"**{name}**: extractor {fmt(m.get('extractor'))}; {fmt(m.get('n_fake'))} generated vs "
              f"{fmt(m.get('n_real'))} real images from {fmt(m.get('reference_split'))}; KID subset size "
-             f"{fmt(m.get('kid_subset_size'))}; precision/recall k={fmt(m.get('pr_k'))}; SSIM over "
+             f"{fmt(m.get('kid_subset_size'))}; precision/recall/density/coverage k={fmt(m.get('pr_k'))}; SSIM over "
              f"{fmt(m.get('ssim_pairs'))} pairs"]
     if m.get("linear_probe.eval_n") is not None:
         parts.append(f"linear probe trained on {fmt(m.get('linear_probe.train_n'))} "
@@ -195,6 +206,8 @@ def report(params: Params) -> dict:
             raise UserError(f"no metrics for experiment '{name}' at {path} (run `dcganlab evaluate {name}` first)")
         metrics[name] = flatten(read_json(path, "evaluation metrics", dvc_output(path, f"evaluate@{name}")))
         quality[name] = read_quality(paths.quality_path(root, name))
+        if quality[name] is not None and len(quality[name]):  # which generator: final and best, by the curve
+            metrics[name].update(flatten({"generator": generator_choice(quality[name])}))
         figures_json = paths.samples_dir(root, name) / "figures.json"
         if figures_json.is_file():  # a sample-stage number worth tracking next to the metrics
             agreement = arithmetic(figures_json.parent, name).get("agreement")
@@ -224,7 +237,9 @@ def report(params: Params) -> dict:
         ("h1", "dcganlab summary"),
         ("p", "FID/KID: torchmetrics on the extractor named in each row, lower is better. `FID real floor` is the FID "
               "of two disjoint real samples of the same sizes (the best score at this sample count). Precision/recall: "
-              "k-NN manifold estimate (Kynkäänniemi et al. 2019) on the same features. SSIM: mean pairwise SSIM "
+              "k-NN manifold estimate (Kynkäänniemi et al. 2019) on the same features; coverage/density: Naeem et "
+              "al. 2020 on the same k-NN balls around real images only (coverage leads: bounded, with a real floor, "
+              "robust to outliers; docs/evaluation.md). SSIM: mean pairwise SSIM "
               "among generated (fake) and real images, higher = less diverse. n/a: not measured."),
         ("table", comparison_table(metrics)),
         ("h2", "How each number was computed"),
@@ -251,6 +266,12 @@ def report(params: Params) -> dict:
                            f"figures/{drawn[name]}"))
         else:
             blocks.append(("p", f"quality curve: n/a (no {paths.quality_path(root, name).relative_to(root)})"))
+        if metrics[name].get("generator.best_epoch") is not None:
+            m = metrics[name]
+            blocks.append(("p", f"Generator by the quality curve: final = epoch {m['generator.final_epoch']} (curve FID "
+                                f"{fmt(m['generator.final_curve_fid'])}), best = epoch {m['generator.best_epoch']} "
+                                f"(curve FID {fmt(m['generator.best_curve_fid'])}); the Model Registry's "
+                                f"`models:/{name}@champion` is the best, `models:/{name}/latest` the final."))
         shown = [(f, c) for f, c in SAMPLE_FIGURES if (samples / f).is_file()]
         blocks += [("img", samples / f, c, f"samples/{name}/{f}") for f, c in shown]
         if not shown:

@@ -206,16 +206,28 @@ def ui_links(params: Params, base: str) -> list[str]:
             for e in experiments]
 
 
+# The version tag of a registered per-epoch generator (quality's `champion`): its epoch. Versions
+# without it are the run's final generator, the one `evaluate` measures.
+EPOCH_TAG = "epoch"
+
+
 def model_versions(mlflow, run_id: str) -> list:
-    """The Model Registry versions of a training run's generator (one once the training finished)."""
+    """The Model Registry versions of a training run's generators: the final one (once the training
+    finished) and, if it is another, the best epoch's (`EPOCH_TAG`)."""
     return mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'")
 
 
+def final_versions(mlflow, run_id: str) -> list:
+    """The registry versions of a training run's final generator (one, or two when quality
+    re-registered it to stay `latest`)."""
+    return [v for v in model_versions(mlflow, run_id) if EPOCH_TAG not in (v.tags or {})]
+
+
 def tag_model_versions(mlflow, tags: dict) -> None:
-    """Tag the registry versions of the active run's generator, so the registry shows each
+    """Tag the registry versions of the active run's final generator, so the registry shows each
     version's quality (evaluate: FID, KID, extractor)."""
     client = mlflow.MlflowClient()
-    for version in model_versions(mlflow, mlflow.active_run().info.run_id):
+    for version in final_versions(mlflow, mlflow.active_run().info.run_id):
         for key, value in tags.items():
             client.set_model_version_tag(version.name, version.version, key, str(value))
 

@@ -628,17 +628,26 @@ def _model_blob(G, D, e, channels, size, num_classes, data, fp) -> dict:
 
 def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, registered_name: str,
                    max_latents: int) -> None:
-    """The final generator as an MLflow pyfunc model (serving.py, "models from code": its weights
-    are a tensor file, nothing is unpickled at load), registered as a new version of
-    `registered_name`. Input: z (N, z_dim) float32, plus labels (N,) int64 for conditional variants;
-    at most `max_latents` latents per call (the model config, which travels with the model)."""
+    """The final generator, logged (log_pyfunc_generator) and registered as a new version of
+    `registered_name`."""
+    from dcganlab.tracking import final_versions
+
+    if final_versions(mlflow, mlflow.active_run().info.run_id):
+        return  # logged and registered by a process killed before it wrote finished.json
+    log_pyfunc_generator(mlflow, G, e, channels, size, num_classes, max_latents, registered_name=registered_name)
+
+
+def log_pyfunc_generator(mlflow, G, e, channels: int, size: int, num_classes: int, max_latents: int,
+                         name: str = "generator", registered_name: str | None = None):
+    """A generator as an MLflow pyfunc model `name` of the active run (serving.py, "models from
+    code": its weights are a tensor file, nothing is unpickled at load), registered as a new
+    version of `registered_name` if given; its ModelInfo. Input: z (N, z_dim) float32, plus
+    labels (N,) int64 for conditional variants; at most `max_latents` latents per call (the model
+    config, which travels with the model)."""
     import tempfile
 
     from dcganlab import serving
-    from dcganlab.tracking import model_versions
 
-    if model_versions(mlflow, mlflow.active_run().info.run_id):
-        return  # logged and registered by a process killed before it wrote finished.json
     example = {"z": sample_noise(2, e.z_dim, e.noise, "cpu", torch.Generator().manual_seed(0)).numpy()}
     if num_classes:
         example["labels"] = np.arange(2, dtype=np.int64)
@@ -647,11 +656,11 @@ def _log_generator(mlflow, G, e, channels: int, size: int, num_classes: int, reg
         weights, package = Path(tmp) / "generator.pt", Path(tmp) / "dcganlab"  # the package's sources, no caches
         torch.save(serving.generator_blob(G, e, channels, size, num_classes), weights)
         shutil.copytree(Path(serving.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-        mlflow.pyfunc.log_model(name="generator", python_model=serving.__file__,
-                                artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
-                                signature=signature, input_example=example,
-                                model_config={serving.MAX_LATENTS: max_latents},
-                                pip_requirements=serving.requirements(), registered_model_name=registered_name)
+        return mlflow.pyfunc.log_model(name=name, python_model=serving.__file__,
+                                       artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
+                                       signature=signature, input_example=example,
+                                       model_config={serving.MAX_LATENTS: max_latents},
+                                       pip_requirements=serving.requirements(), registered_model_name=registered_name)
 
 
 def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp, device, history) -> dict:
