@@ -175,10 +175,10 @@ def test_damaged_mlflow_model_weights_name_the_file_when_served(built, tmp_path,
     weights = tmp_path / "weights.pt"
     torch.save(serving.generator_blob(G, meta["experiment"], meta["channels"], meta["image_size"], 0), weights)
     model = serving.GeneratorModel()
-    model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}))  # intact: it loads
+    model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}, model_config={}))  # intact: it loads
     damage(weights, how)
     with pytest.raises(UserError) as err:
-        model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}))
+        model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}, model_config={}))
     message = str(err.value)
     assert message.startswith(f"{weights}: unreadable generator weights (") and "log the model again" in message
     assert "weights_only" not in message
