@@ -167,6 +167,12 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
                   "cuda_available": torch.cuda.is_available(), "gpus": smi, "dcganlab": dcganlab.__file__}))
 EOF
   cat "$OUT/environment.json"
+  # nvidia-smi sees a GPU but torch does not (a CPU-only torch, a driver too old for its CUDA):
+  # fail here, or every `gpu` test would skip and the GPU steps would run on the CPU
+  if [[ $CPU_ONLY == 0 ]] && ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+    echo "error: nvidia-smi lists $GPUS GPU(s) but torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') sees no CUDA device" >&2
+    return 1
+  fi
 }
 
 # ---------------------------------------------------------------- 2.-5.

@@ -357,3 +357,28 @@ def test_a_generator_trained_on_the_gpu_is_served_on_a_machine_without_one(tmp_p
     finally:
         stop_group(proc)
         log.close()
+
+
+@pytest.mark.slow
+def test_gpu_check_fails_when_nvidia_smi_lists_a_gpu_that_torch_cannot_see(tmp_path):
+    """A GPU machine whose torch sees no CUDA (CPU-only build, old driver) must not pass with every
+    `gpu` test skipped: the install step fails and the GPU steps are skipped, exit 1."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "python").is_file():
+        pytest.skip("not running from a venv")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"  # a driver that lists one GPU
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(SCRIPT), "--venv", str(venv), "--out", str(tmp_path / "out")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "sees no CUDA device" in r.stdout + r.stderr
+    result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    status = {s["name"]: s["status"] for s in result["steps"]}
+    assert status["install"] == "failed" and not result["passed"]
+    assert {name: st for name, st in status.items() if name != "install"} == {
+        "tests marked gpu": "skipped", "bench --gpu": "skipped",
+        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped", "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
