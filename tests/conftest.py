@@ -235,3 +235,26 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def train_through_a_lost_tracking_server(p, monkeypatch, between=lambda: None) -> None:
+    """Train experiment `tiny` while MLflow fails at epoch 2 (the training stops with that error),
+    call `between()` to look at what it left, then train again with MLflow back."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from dcganlab.train import train
+
+    log_metrics = mlflow.log_metrics
+
+    def server_lost_at_epoch_2(metrics, step=None, **kwargs):
+        if step == 2:
+            raise MlflowException("connection refused")
+        return log_metrics(metrics, step=step, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_metrics", server_lost_at_epoch_2)
+    with pytest.raises(MlflowException):
+        train(p, "tiny", progress=False)
+    between()
+    monkeypatch.setattr(mlflow, "log_metrics", log_metrics)
+    train(p, "tiny", progress=False)

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import copy_project, prepare_project, tiny_params
+from conftest import copy_project, prepare_project, tiny_params, train_through_a_lost_tracking_server
 from dcganlab import paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -210,26 +210,14 @@ def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evalu
 
 # ---------------------------------------------------------------- item 6: state a fault left behind
 def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_dataset_once(tmp_path, monkeypatch):
-    from mlflow.exceptions import MlflowException
-
     from dcganlab.resilience import image_steps
     from dcganlab.tracking import dvc_dir_md5
-    from dcganlab.train import train
+
+    def grid_on_disk():  # the epoch's grid was saved before its logging failed
+        assert (paths.state_dir(tmp_path, "tiny") / "grids" / "epoch_0002.png").is_file()
 
     p = prepare_project(tmp_path, tiny_params(**{"experiments.tiny.epochs": 3}))
-    log_metrics = mlflow.log_metrics
-
-    def server_lost_at_epoch_2(metrics, step=None, **kwargs):
-        if step == 2:
-            raise MlflowException("connection refused")
-        return log_metrics(metrics, step=step, **kwargs)
-
-    monkeypatch.setattr(mlflow, "log_metrics", server_lost_at_epoch_2)
-    with pytest.raises(MlflowException):
-        train(p, "tiny", progress=False)
-    assert (paths.state_dir(tmp_path, "tiny") / "grids" / "epoch_0002.png").is_file()
-    monkeypatch.setattr(mlflow, "log_metrics", log_metrics)
-    train(p, "tiny", progress=False)
+    train_through_a_lost_tracking_server(p, monkeypatch, grid_on_disk)
 
     client, run_id = _client(tmp_path), _run_id(tmp_path)
     assert image_steps(client, run_id, "samples") == {1, 2, 3}

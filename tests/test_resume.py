@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import prepare_project, tiny_params, write_params
+from conftest import prepare_project, tiny_params, train_through_a_lost_tracking_server, write_params
 from dcganlab import paths
 from dcganlab.config import load_params
 
@@ -174,24 +174,10 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
 
 
 def test_epochs_checkpointed_but_not_logged_are_sent_once_on_rerun(tmp_path, monkeypatch):
-    from mlflow.exceptions import MlflowException
+    def checkpointed_first():  # the checkpoint came before the failed logging
+        assert _position(tmp_path) == (2, 0)
 
-    from dcganlab.train import train
-
-    p = _project(tmp_path)
-    log_metrics = mlflow.log_metrics
-
-    def server_lost_at_epoch_2(metrics, step=None, **kwargs):
-        if step == 2:
-            raise MlflowException("connection refused")
-        return log_metrics(metrics, step=step, **kwargs)
-
-    monkeypatch.setattr(mlflow, "log_metrics", server_lost_at_epoch_2)
-    with pytest.raises(MlflowException):
-        train(p, "tiny", progress=False)
-    assert _position(tmp_path) == (2, 0)  # the checkpoint came before the failed logging
-    monkeypatch.setattr(mlflow, "log_metrics", log_metrics)
-    train(p, "tiny", progress=False)
+    train_through_a_lost_tracking_server(_project(tmp_path), monkeypatch, checkpointed_first)
     history = _client(tmp_path).get_metric_history(_run_id(tmp_path), "loss_d")
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
 
