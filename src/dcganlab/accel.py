@@ -14,6 +14,7 @@ variants that auto keeps in fp32, should one lose quality.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,32 @@ PLAIN = Accel()  # fp32, default memory format, eager
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX, by torch's own CPU capability checks (not the CPU's name). oneDNN's
-    `_is_mkldnn_bf16_supported` is not enough: it is also true where bf16 is only emulated."""
+    """AVX512-BF16 or AMX, by torch's own CPU capability checks (not the CPU's name), and not
+    switched off for this process. oneDNN's `_is_mkldnn_bf16_supported` is not enough: it is also
+    true where bf16 is only emulated."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks) and not isa_capped()
+
+
+def isa_capped() -> bool:
+    """True when this process runs below the CPU's AVX-512 (`ATEN_CPU_CAPABILITY=avx2` for torch's
+    kernels, `ONEDNN_MAX_CPU_ISA=AVX2` or any level without bf16 for oneDNN's convolutions): how an
+    AVX2-only CPU is reproduced on a newer one. The CPU's flags still say bf16 then, but the
+    convolutions would emulate it, many times slower than fp32 (43x on the classic DCGAN)."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return True
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return isa not in ("ALL", "DEFAULT") and not any(level in isa for level in _ONEDNN_BF16_LEVELS)
+
+
+_ONEDNN_BF16_LEVELS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AMX", "AVX10")  # oneDNN ISAs with bf16 dot products
+
+
+def cpu_path() -> dict:
+    """Which CPU path this process runs: the ISA torch's kernels use, oneDNN's cap, native bf16, threads."""
+    return {"isa": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL",
+            "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
 
 
 def resolve(amp: str, channels_last: str, compile_: bool, device: torch.device, variant: str = "",
