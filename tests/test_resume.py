@@ -20,7 +20,7 @@ from dcganlab import paths
 from dcganlab.config import load_params
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TIMING = ["images_per_s", "train_s", "wall_s"]
+TIMING = ["images_per_s", "train_s", "wall_s", "threads"]  # threads: the machine's load decides
 EPOCHS, EVERY = 3, 2  # tiny: 96 training images / batch 16 = 6 steps per epoch, checkpoints every 2
 
 # The real CLI in a subprocess; SLOW seconds of sleep before each step so the test can kill it

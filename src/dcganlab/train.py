@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dcganlab import paths
-from dcganlab import distributed
-from dcganlab.accel import PLAIN, Accel, resolve
+from dcganlab import cpu_share, distributed
+from dcganlab.accel import PLAIN, Accel, cpu_path, resolve
 from dcganlab.atomic import save_png, save_torch, write_csv, write_json
 from dcganlab.config import ExperimentParams, Params, as_dict
 from dcganlab.errors import UserError
@@ -178,6 +178,22 @@ def g_loss(e, gen_out: DOut, real_out: DOut, fake_labels) -> torch.Tensor:
     return loss
 
 
+@contextlib.contextmanager
+def frozen(D: torch.nn.Module):
+    """D's weights as constants during G's update: their gradients, which the next D update would
+    discard, are not computed (about a third of D's backward), and DDP does not wait for them.
+    G's gradients are the same, bit for bit (tests/test_train.py)."""
+    trainable = [p for p in D.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        with getattr(D, "no_sync", contextlib.nullcontext)():
+            yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
                accel: Accel = PLAIN, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One GAN update on a batch in [-1, 1]; returns [loss_d, loss_g, D(x), D(G(z))] (no host sync).
@@ -199,11 +215,12 @@ def train_step(G, D, opt_g, opt_d, e, real: torch.Tensor, labels: torch.Tensor |
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
     # (2) Update G network: maximize log(D(G(z)))
-    with accel.autocast():
-        gen_out = D(fake)
-        loss_g = g_loss(e, gen_out, real_out, fake_labels)
-    opt_g.zero_grad(set_to_none=True)
-    scaler.scale(loss_g).backward()
+    with frozen(D):
+        with accel.autocast():
+            gen_out = D(fake)
+            loss_g = g_loss(e, gen_out, real_out, fake_labels)
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
     return torch.stack([loss_d.detach().float(), loss_g.detach().float(),
@@ -356,6 +373,7 @@ class Trainer:
         data_dir = paths.processed_dir(params.root, e.dataset)
         data, num_classes = _load_checked(data_dir, e, params.dataset(e.dataset), variant)
         device = distributed.init(world, pick_device(t.device))
+        cpu_share.for_training(t.threads)
         accel = resolve(t.amp, t.channels_last, t.compile, device, e.variant)
         batches = Batches.of(data, num_classes, e, world, device)
         seed = params.seed + e.seed_offset
@@ -482,6 +500,7 @@ class Trainer:
             if self.stop_requested(i):
                 st.epoch_s += time.perf_counter() - t0
                 self.halt()
+            cpu_share.adjust()  # this process's share of the cores, re-read every few seconds
             global_step = self.update(epoch, i)
             if every and global_step % every == 0 and st.step < steps:  # (epoch ends checkpoint in end_epoch)
                 st.epoch_s += time.perf_counter() - t0
@@ -514,7 +533,8 @@ class Trainer:
         wall = (st.history[-1]["wall_s"] if st.history else 0.0) + st.epoch_s + (time.perf_counter() - t1)
         row = {"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "d_real": d_x, "d_fake": d_gz,
                "images_per_s": images / st.epoch_s, "images": images,
-               "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed)}
+               "train_s": st.epoch_s, "wall_s": wall, "d_collapse": float(collapsed),
+               "threads": torch.get_num_threads()}  # at the epoch's end (cpu_share.py: it follows the machine's load)
         st.history.append(row)
         st.epoch, st.step, st.perm, st.sums = epoch, 0, None, None
         self.save()
@@ -675,6 +695,7 @@ def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp,
         "images_per_s": sum(r["images"] for r in history) / sum(r["train_s"] for r in history),
         "train_wall_s": history[-1]["wall_s"] if history else 0.0,
         "device": str(device),
+        **({"cpu": cpu_path()} if device.type == "cpu" else {}),  # ISA, native bf16, threads at the end
         "final_loss_d": history[-1]["loss_d"],
         "final_loss_g": history[-1]["loss_g"],
     }
