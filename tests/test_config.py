@@ -54,6 +54,8 @@ BAD_VALUES = [
     ("train.device", "gpu", "train.device: 'gpu' is not"),
     ("train.serve_max_latents", 0, "train.serve_max_latents: must be in 1..4096"),
     ("train.serve_max_latents", 4097, "train.serve_max_latents: must be in 1..4096"),
+    ("train.threads", -1, "train.threads: must be in 0..1024"),
+    ("train.threads", 1025, "train.threads: must be in 0..1024"),
     ("evaluate.batch_size", 0, "evaluate.batch_size: must be >= 1"),
     ("extractor.features", 0, "extractor.features: must be >= 1"),
     ("sample.interpolation_pairs", 0, "sample.interpolation_pairs: must be >= 1"),
@@ -253,6 +255,6 @@ def test_the_upper_bounds_list_every_size_and_rate():
                          "datasets.digits.test_fraction", "experiments.tiny.beta1", "experiments.tiny.beta2",
                          "experiments.tiny.momentum", "experiments.tiny.real_label", "experiments.tiny.fake_label",
                          "experiments.tiny.lr_decay", "experiments.tiny.flip_p", "train.collapse_real",
-                         "train.collapse_fake", "train.serve_max_latents"}
+                         "train.collapse_fake", "train.serve_max_latents", "train.threads"}
     caps = {"datasets.digits.limit"}  # at most this many images: a huge one means all, nothing is allocated
     assert numeric - bounded_both_ways - caps == {k for k, _ in UPPER_BOUNDS}

@@ -24,9 +24,17 @@ StageOpt = typer.Option(False, "--dvc-stage", help="take the name from $DVC_STAG
                         "for every stage): how dvc.yaml passes names, so that none is ever shell code")
 
 
-def _run(work: Callable[[], object]) -> None:
+def _run(work: Callable[[], object], share_cpu: str = "") -> None:
+    """`work()`, with bad input as one line and an exit code. `share_cpu`: a stage that computes
+    with torch takes only its share of the cores (cpu_share.py) before it starts."""
     try:
-        work()
+        if share_cpu:
+            from dcganlab import cpu_share
+
+            with cpu_share.claimed(share_cpu):
+                work()
+        else:
+            work()
     except UserError as err:
         # a training run stopped by SIGTERM / Ctrl-C (it checkpointed) is not an error: no "error:"
         typer.echo(str(err) if getattr(err, "interrupted", False) else f"error: {err}", err=True)
@@ -161,7 +169,7 @@ def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (
             data = load_processed(paths.processed_dir(p.root, name))
             info = train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, name), name)
             typer.echo(f"extractor {name}: {describe(info)}")
-    _run(work)
+    _run(work, share_cpu="extractor")
 
 
 @app.command()
@@ -181,7 +189,7 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
             if not s:  # a torchrun process other than rank 0: rank 0 reports
                 continue
             typer.echo(f"train {name}: {s['epochs']} epochs, {s['images_per_s']:.0f} img/s, {s['train_wall_s']:.0f} s")
-    _run(work)
+    _run(work, share_cpu="train")
 
 
 @app.command()
@@ -213,7 +221,7 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
         for name in _names(chosen, p.experiments, "experiment"):
             files = sample_stage(p, name)
             typer.echo(f"sample {name}: {', '.join(files.values())}")
-    _run(work)
+    _run(work, share_cpu="sample")
 
 
 @app.command()
@@ -236,7 +244,7 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
                        f"coverage {m['coverage']:.3f} (floor {m['coverage_real_floor']}) density {m['density']:.3f} "
                        f"precision {m['precision']:.3f} recall {m['recall']:.3f} (k={m['prdc_k']}); "
                        f"inception {m['inception_status']}")
-    _run(work)
+    _run(work, share_cpu="evaluate")
 
 
 @app.command()
@@ -263,7 +271,7 @@ def score(dataset: str = typer.Argument(..., help="dataset name in params.yaml: 
         typer.echo(f"score {dataset}: FID {m['fid']:.3f} coverage {m['coverage']:.3f} density {m['density']:.3f} "
                    f"(k={m['prdc_k']}; real floor coverage {m['coverage_real_floor']}; {m['n_fake']} vs {m['n_real']} "
                    f"{m['reference_split']}); {m['calibration']}" + (f" -> {out}" if out else ""), err=True)
-    _run(work)
+    _run(work, share_cpu="score")
 
 
 @app.command()
@@ -283,7 +291,7 @@ def quality(experiment: Optional[str] = typer.Argument(None, help="experiment na
             last = table.iloc[-1]
             typer.echo(f"quality {name}: {len(table)} epochs, last FID {last['fid']:.3f} "
                        f"({int(last['n_fake'])} vs {int(last['n_real'])} images) -> {quality_path(p.root, name)}")
-    _run(work)
+    _run(work, share_cpu="quality")
 
 
 @app.command()

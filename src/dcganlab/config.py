@@ -36,6 +36,7 @@ MAX_WIDTH = 512         # ngf, ndf: at 128x128 the widest conv joins 16*512 and 
 MAX_Z = 4096            # z_dim: G's first layer is z_dim x 16*ngf x 4 x 4 weights, 5e8 at ngf 512
 MAX_BATCH = 65536       # every batch_size: 65536 images of 128x128 RGB are 13 GB of float32 input alone
 MAX_EPOCHS = 100_000    # every epoch keeps a generator and a grid on disk: 100000 of each
+MAX_THREADS = 1024      # train.threads: torch.set_num_threads; far above any CPU's cores
 MAX_STEPS = 10**9       # step counts (checkpoint_every_steps, collapse_steps): no memory, but kept to int64 arithmetic
 MAX_GRID = 1024         # train.grid_size, sample.num: images drawn in one pass into one PNG (nice.png draws 20x
                         # sample.num: 20480 images of 64x64 RGB float32 are 1 GB)
@@ -115,6 +116,7 @@ class TrainParams:
     amp: str = "auto"            # mixed precision: auto (bf16 on CUDA and on CPUs with native bf16, else off) | off | bf16 | fp16 (+ GradScaler)
     channels_last: str = "auto"  # memory format: auto (on for CUDA and with CPU bf16) | on | off
     compile: bool = False        # torch.compile the networks for the training step
+    threads: int = 0             # CPU threads: 0 = this process's share of its cores (cpu_share.py) | N fixes it
 
 
 @dataclass
@@ -331,6 +333,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0")
     # the served model's reply grows with it (4096 32x32 digits: ~90 MB of JSON) and so does its body limit
     need(1 <= p.train.serve_max_latents <= 4096, "train.serve_max_latents: must be in 1..4096")
+    need(0 <= p.train.threads <= MAX_THREADS, f"train.threads: must be in 0..{MAX_THREADS} (0: the share of the cores)")
     need(0.0 <= p.train.collapse_real <= 1.0 and 0.0 <= p.train.collapse_fake <= 1.0,
          "train.collapse_real/collapse_fake: must be in [0, 1]")
     need(p.train.collapse_steps >= 0, "train.collapse_steps: must be >= 0")
