@@ -26,8 +26,10 @@ def test_bench_writes_every_measurement(prepared):
     assert r["baseline"] == "tiny" and r["data"]["digits"] == "data/processed/digits"  # the project's own data
     assert {"cpu", "cpu_count", "torch", "torch_threads"} <= set(r["machine"])
     assert r["settings"] == {"warmup": 1, "steps": 2, "profile_steps": 10, "photos": 12, "eval_samples": 40, "repeats": 5,
-                             "process_repeats": 0, "process_images": 2048}
-    assert "whole_process" not in r and r["cpu_peak"]["fp32_gflops"] > 0  # --process-repeats 0 skips it
+                             "process_repeats": 0, "process_images": 2048, "share_epochs": 8}
+    assert set(r["machine"]["cpu_path"]) == {"isa", "onednn_max_isa", "native_bf16", "threads"}
+    assert "CPU path: ISA" in result.output
+    assert "whole_process" not in r and "sharing" not in r and r["cpu_peak"]["fp32_gflops"] > 0  # --process-repeats 0 skips it
     measured = [r["train"]["tiny"], r["reference"], r["evaluate"], *(r["prepare"][k] for k in
                                                                      ("1_worker", "2_workers", "in_process_default"))]
     for m in measured:
@@ -127,3 +129,16 @@ def test_classic_script_rejects_a_folder_without_images(tmp_path):
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "missing"), "--outf", str(tmp_path / "out")])
     assert "holds no class folders of PNG files" in str(stop.value.code)
+
+
+def test_sharing_runs_real_trainings_beside_a_neighbour_and_two_at_once(prepared, tmp_path):
+    from dcganlab.bench_classic import Setting
+    from dcganlab.bench_share import sharing
+
+    r = sharing(prepared, Setting("share", 16, 1, 8, 16, 64), tmp_path / "share", epochs=1, log=lambda m: None)
+    assert r["setting"]["threads"] == "share"
+    for run in (r["alone"], r["beside_neighbour"], *r["two_at_once"]["serial"], *r["two_at_once"]["together"]):
+        assert _positive(run["images_per_s"]) and run["threads_at_end"] >= 1
+    assert math.isclose(r["kept"], r["beside_neighbour"]["images_per_s"] / r["alone"]["images_per_s"], rel_tol=1e-2)
+    two = r["two_at_once"]
+    assert math.isclose(two["together_vs_serial"], two["serial_wall_s"] / two["together_wall_s"], rel_tol=1e-2)

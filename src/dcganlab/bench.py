@@ -49,11 +49,12 @@ class BenchSettings:
     repeats: int = 5           # timed training repeats; the median one is reported (robust to a busy machine)
     process_repeats: int = 3   # whole-process runs of each side per setting (alternating; median; 0 = skip)
     process_images: int = 2048  # real digits each whole-process run trains one epoch on
+    share_epochs: int = 8      # sharing the CPU (bench_share.py): epochs of those digits per training (0 = skip)
 
 
 QUICK = BenchSettings()
 LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000, process_repeats=5)
-GPU = BenchSettings(warmup=20, steps=50, repeats=3, process_repeats=0)  # bench --gpu: a GPU step takes milliseconds
+GPU = BenchSettings(warmup=20, steps=50, repeats=3, process_repeats=0, share_epochs=0)  # bench --gpu: a GPU step takes milliseconds
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -358,6 +359,8 @@ def _evaluate_rate(params: Params, name: str, folder: str, n: int) -> dict:
 def machine() -> dict:
     import torch
 
+    from dcganlab.accel import cpu_path
+
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -367,7 +370,8 @@ def machine() -> dict:
     facts = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
              "python": platform.python_version(), "torch": torch.__version__,
              "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+             "cpu_path": cpu_path()}  # the ISA torch and oneDNN run, native bf16 or not, threads
     if hasattr(os, "sched_getaffinity"):
         facts["usable_cores"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
@@ -421,6 +425,11 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
                 setting.name: compare(params, setting, work / "whole", s.process_repeats, log)
                 for setting in (replace(CLASSIC, images=s.process_images),
                                 default_setting(params, baseline, s.process_images))}
+        if s.process_repeats and s.share_epochs:  # --process-repeats 0 skips every whole-process run
+            from dcganlab.bench_share import sharing
+
+            result["sharing"] = sharing(params, default_setting(params, baseline, s.process_images), work / "share",
+                                        s.share_epochs, log=log)
 
         log("bench: prepare (Haar face detection)")
         from dcganlab.faces import CropSettings
@@ -485,5 +494,18 @@ def table(r: dict) -> str:
                   f"{classic['loop_images_per_s']:.0f} / {ours['loop_images_per_s']:.0f}", ""),
                  (f"  {name}: MFU classic / dcganlab ({w['flops']['flops_per_image'] / 1e9:.2f} GFLOP per image)",
                   f"{100 * classic['mfu']:.1f}% / {100 * ours['mfu']:.1f}%", "")]
+    share = r.get("sharing")
+    if share:
+        two = share["two_at_once"]
+        rows += [("sharing: training alone / beside a CPU-bound process",
+                  f"{share['alone']['images_per_s']:.0f} / {share['beside_neighbour']['images_per_s']:.0f} img/s", ""),
+                 ("  kept beside the neighbour (goal >= 0.4)", f"{share['kept']:.2f}", ""),
+                 ("sharing: two trainings one after the other / at once",
+                  f"{two['serial_wall_s']:.1f} / {two['together_wall_s']:.1f} s", ""),
+                 ("  serial / at once (goal >= 1)", f"{two['together_vs_serial']:.2f}x", "")]
+    path = r["machine"]["cpu_path"]
+    rows.insert(0, ("CPU path: ISA / oneDNN cap / native bf16 / threads",
+                    f"{path['isa']} / {path['onednn_max_isa']} / {'yes' if path['native_bf16'] else 'no'} / "
+                    f"{path['threads']}", ""))
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>12}  {c:>8}" for a, b, c in rows)

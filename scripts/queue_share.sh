@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Two queued DVC experiments, one after the other (`dvc queue start -j 1`) and at once (`-j 2`):
+# does running them together cost anything? (docs/performance.md, "Sharing the CPU")
+#
+# In a temporary clone of this checkout, with params.yaml cut to the digits dataset and the
+# digits-dcgan experiment: `dvc repro` once (the baseline), then twice two experiments that each
+# retrain digits-dcgan with another seed (seed_offset), sample, evaluate and report it.
+# Usage: bash scripts/queue_share.sh [EPOCHS]   (default: params.yaml's 30). Needs .venv (scripts/install.sh).
+set -euo pipefail
+src="$(cd "$(dirname "$0")/.." && pwd)"
+export PATH="$src/.venv/bin:$PATH"
+epochs="${1:-}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+git clone -q "$src" "$work/p"
+cd "$work/p"
+python - "$epochs" <<'EOF'
+import sys, yaml
+raw = yaml.safe_load(open("params.yaml"))
+raw["datasets"] = {"digits": raw["datasets"]["digits"]}
+raw["experiments"] = {"digits-dcgan": raw["experiments"]["digits-dcgan"]}
+if sys.argv[1]:
+    raw["experiments"]["digits-dcgan"]["epochs"] = int(sys.argv[1])
+yaml.safe_dump(raw, open("params.yaml", "w"), sort_keys=False)
+EOF
+git commit -qam "queue_share: digits-dcgan only"
+dvc repro -q >/dev/null
+git add -A >/dev/null; git commit -qm baseline >/dev/null
+run() {  # $1: jobs; $2, $3: seed offsets
+  dvc queue remove --all -q >/dev/null 2>&1 || true
+  dvc exp run --queue -q -S "experiments.digits-dcgan.seed_offset=$2" >/dev/null
+  dvc exp run --queue -q -S "experiments.digits-dcgan.seed_offset=$3" >/dev/null
+  local t0; t0=$(date +%s.%N)
+  dvc queue start -j "$1" >/dev/null
+  while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 2; done
+  python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)"
+  if dvc queue status 2>/dev/null | grep -q Failed; then dvc queue status; exit 1; fi
+}
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); avx512_bf16: $(grep -c avx512_bf16 /proc/cpuinfo || true)"
+echo "isa: $(python -c 'from dcganlab.accel import cpu_path; print(cpu_path())')"
+serial=$(run 1 1 2)
+together=$(run 2 3 4)
+echo "two queued experiments: -j 1 ${serial} s, -j 2 ${together} s (serial / together = $(python -c "print(f'{$serial / $together:.2f}')"))"
