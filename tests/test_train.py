@@ -175,3 +175,46 @@ def test_the_loop_reads_in_short_named_steps():
     assert {"_train", "set_up", "train_epoch", "end_epoch", "finish"} <= lengths.keys()
     assert {name: n for name, n in lengths.items() if n > 60} == {}
     assert lengths["_train"] <= 40  # the table of contents
+
+
+@pytest.mark.parametrize("variant", ["dcgan", "cgan"])
+def test_freezing_d_for_gs_update_changes_no_bit_of_either_network(variant, monkeypatch):
+    """train_step skips D's weight gradients during G's update (the next D update discarded them);
+    after three steps both networks are bit for bit what they are without the shortcut."""
+    import contextlib
+
+    from dcganlab import train as train_module
+    from dcganlab.train import build_networks, train_step
+    from dcganlab.variants import VARIANTS
+
+    def three_steps():
+        torch.manual_seed(0)
+        e = ExperimentParams(variant=variant, dataset="x", batch_size=8, ngf=8, ndf=8, feature_matching=0.5)
+        k = 10 if VARIANTS[variant].conditional else 0
+        G, D = build_networks(e, 1, 16, k)
+        opt_g, opt_d = VARIANTS[variant].optimizers(e, G, D)
+        for _ in range(3):
+            real = torch.rand(8, 1, 16, 16) * 2 - 1
+            labels = torch.randint(10, (8,)) if k else None
+            train_step(G, D, opt_g, opt_d, e, real, labels, k)
+        assert all(p.requires_grad for p in D.parameters())  # unfrozen afterwards
+        return [p.detach().clone() for p in [*G.parameters(), *D.parameters()]]
+
+    fast = three_steps()
+    monkeypatch.setattr(train_module, "frozen", lambda D: contextlib.nullcontext())
+    plain = three_steps()
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+
+
+def test_an_isa_capped_below_avx512_never_counts_as_native_bf16():
+    """ONEDNN_MAX_CPU_ISA=AVX2 / ATEN_CPU_CAPABILITY=avx2 (how an AVX2-only CPU is reproduced):
+    `amp: auto` must pick fp32 there, whatever the CPU's flags say."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from dcganlab.accel import cpu_path; import json; print(json.dumps(cpu_path()))"
+    for env in ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"ATEN_CPU_CAPABILITY": "avx2"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
+                             capture_output=True, text=True, check=True).stdout
+        assert json.loads(out)["native_bf16"] is False, env
