@@ -26,7 +26,8 @@ def test_bench_writes_every_measurement(prepared):
     assert r["baseline"] == "tiny" and r["data"]["digits"] == "data/processed/digits"  # the project's own data
     assert {"cpu", "cpu_count", "torch", "torch_threads"} <= set(r["machine"])
     assert r["settings"] == {"warmup": 1, "steps": 2, "profile_steps": 10, "photos": 12, "eval_samples": 40, "repeats": 5,
-                             "process_repeats": 0, "process_images": 2048, "share_epochs": 8}
+                             "process_repeats": 0, "process_images": 2048, "share_epochs": 8,
+                             "share_threads": 0}
     assert set(r["machine"]["cpu_path"]) == {"isa", "onednn_max_isa", "native_bf16", "threads"}
     assert "CPU path: ISA" in result.output
     assert "whole_process" not in r and "sharing" not in r and r["cpu_peak"]["fp32_gflops"] > 0  # --process-repeats 0 skips it
@@ -64,6 +65,8 @@ def test_bench_writes_every_measurement(prepared):
 def test_bench_rejects_an_unknown_experiment(project):
     result = CliRunner().invoke(app, ["bench", "-e", "nope", "-p", str(project)])
     assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+    result = CliRunner().invoke(app, ["bench", "--share-threads", "-1", "-p", str(project)])
+    assert result.exit_code != 0 and result.output.strip() == "error: --share-threads must be in 0..1024"
 
 
 def test_profiling_a_step_restores_backward_and_optimizers(prepared):

@@ -50,6 +50,7 @@ class BenchSettings:
     process_repeats: int = 3   # whole-process runs of each side per setting (alternating; median; 0 = skip)
     process_images: int = 2048  # real digits each whole-process run trains one epoch on
     share_epochs: int = 8      # sharing the CPU (bench_share.py): epochs of those digits per training (0 = skip)
+    share_threads: int = 0     # train.threads of those trainings: 0 the share; the core count was torch's default
 
 
 QUICK = BenchSettings()
@@ -429,7 +430,7 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
             from dcganlab.bench_share import sharing
 
             result["sharing"] = sharing(params, default_setting(params, baseline, s.process_images), work / "share",
-                                        s.share_epochs, log=log)
+                                        s.share_epochs, s.share_threads, log=log)
 
         log("bench: prepare (Haar face detection)")
         from dcganlab.faces import CropSettings

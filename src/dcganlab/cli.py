@@ -318,6 +318,9 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
           eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate: generated samples"),
           process_repeats: Optional[int] = typer.Option(None, "--process-repeats", help="whole-process runs of dcganlab train and the classic script per setting (0: skip)"),
           process_images: Optional[int] = typer.Option(None, "--process-images", help="whole process: digits trained for one epoch"),
+          share_threads: Optional[int] = typer.Option(None, "--share-threads", help="train.threads of the sharing "
+                                                      "runs (default 0: each its share; the core count reproduces "
+                                                      "torch's default, oversubscribed)"),
           out: Optional[Path] = typer.Option(None, "--out", help="default: reports/bench.json (--gpu: reports/bench-gpu.json)"),
           gpu: bool = typer.Option(False, "--gpu", help="the GPU check's bench instead: each precision setting's img/s, "
                                    "MFU and peak memory, and ours vs the classic loop at its setting (bench_gpu.py)"),
@@ -340,6 +343,10 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
                             "--process-repeats >= 0")
         if process_repeats is not None:
             chosen["process_repeats"] = process_repeats
+        if share_threads is not None:
+            if not 0 <= share_threads <= 1024:
+                raise UserError("--share-threads must be in 0..1024")
+            chosen["share_threads"] = share_threads
         s = replace(LONG if long else GPU if gpu else QUICK, **chosen)
         p = _params(params)
         if gpu:
