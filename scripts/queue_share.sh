@@ -14,6 +14,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 git clone -q "$src" "$work/p"
 cd "$work/p"
+export PYTHONPATH="$work/p/src"  # the clone's code, whatever the venv's editable install points at
 python - "$epochs" <<'EOF'
 import sys, yaml
 raw = yaml.safe_load(open("params.yaml"))
