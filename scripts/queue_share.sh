@@ -10,8 +10,35 @@ set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 export PATH="$src/.venv/bin:$PATH"
 epochs="${1:-}"
+wait_for() {  # the named experiments' queue status: Success (exit 0) or Failed (exit 1)
+  python - "$@" <<'EOF2'
+import subprocess, sys, time
+names = sys.argv[1:]
+while True:
+    status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True).stdout
+    rows = {ln.split()[1]: ln.split()[-1] for ln in status.splitlines() if len(ln.split()) > 2 and ln.split()[1] in names}
+    if any(s == "Failed" for s in rows.values()):
+        sys.exit(status)
+    if len(rows) == len(names) and all(s == "Success" for s in rows.values()):
+        break
+    time.sleep(1)
+EOF2
+}
+stop_workers() {
+  dvc queue stop --kill >/dev/null 2>&1 || true
+  for _ in $(seq 60); do dvc queue status 2>/dev/null | grep -q "0 active, 0 idle" && break; sleep 1; done
+}
+run() {  # $1: jobs; $2, $3: seed offsets. Prints the seconds from `dvc queue start` to both done.
+  dvc exp run --queue -q -n "seed$2" -S "experiments.digits-dcgan.seed_offset=$2" >/dev/null
+  dvc exp run --queue -q -n "seed$3" -S "experiments.digits-dcgan.seed_offset=$3" >/dev/null
+  local t0; t0=$(date +%s.%N)
+  dvc queue start -j "$1" >/dev/null
+  wait_for "seed$2" "seed$3"
+  python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)"
+  stop_workers
+}
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+trap 'cd /; (cd "$work/p" 2>/dev/null && stop_workers); rm -rf "$work"' EXIT
 git clone -q "$src" "$work/p"
 cd "$work/p"
 export PYTHONPATH="$work/p/src"  # the clone's code, whatever the venv's editable install points at
@@ -27,16 +54,6 @@ EOF
 git commit -qam "queue_share: digits-dcgan only"
 dvc repro -q >/dev/null
 git add -A >/dev/null; git commit -qm baseline >/dev/null
-run() {  # $1: jobs; $2, $3: seed offsets
-  dvc queue remove --all -q >/dev/null 2>&1 || true
-  dvc exp run --queue -q -S "experiments.digits-dcgan.seed_offset=$2" >/dev/null
-  dvc exp run --queue -q -S "experiments.digits-dcgan.seed_offset=$3" >/dev/null
-  local t0; t0=$(date +%s.%N)
-  dvc queue start -j "$1" >/dev/null
-  while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do sleep 2; done
-  python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)"
-  if dvc queue status 2>/dev/null | grep -q Failed; then dvc queue status; exit 1; fi
-}
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); avx512_bf16: $(grep -c avx512_bf16 /proc/cpuinfo || true)"
 echo "isa: $(python -c 'from dcganlab.accel import cpu_path; print(cpu_path())')"
 serial=$(run 1 1 2)
