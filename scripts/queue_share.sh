@@ -21,7 +21,7 @@ while True:
         sys.exit(status)
     if len(rows) == len(names) and all(s == "Success" for s in rows.values()):
         break
-    time.sleep(1)
+    time.sleep(3)  # `dvc queue status` itself takes about a second of CPU
 EOF2
 }
 stop_workers() {
