@@ -80,9 +80,12 @@ def _chosen(command: str, given: Optional[str], from_stage: bool) -> Optional[st
 
 
 def _params(path: Path):
+    from dcganlab import cpu_share
     from dcganlab.config import load_params
 
-    return load_params(path)
+    p = load_params(path)
+    cpu_share.fix(p.train.threads)  # a stage sharing the CPU: train.threads > 0 fixes its thread count
+    return p
 
 
 @app.command()

@@ -116,7 +116,7 @@ class TrainParams:
     amp: str = "auto"            # mixed precision: auto (bf16 on CUDA and on CPUs with native bf16, else off) | off | bf16 | fp16 (+ GradScaler)
     channels_last: str = "auto"  # memory format: auto (on for CUDA and with CPU bf16) | on | off
     compile: bool = False        # torch.compile the networks for the training step
-    threads: int = 0             # CPU threads: 0 = this process's share of its cores (cpu_share.py) | N fixes it
+    threads: int = 0             # every stage's CPU threads: 0 = its share of the cores (cpu_share.py) | N fixes it
 
 
 @dataclass

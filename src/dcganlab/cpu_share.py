@@ -18,9 +18,10 @@ and at least 1, where
   few seconds (Linux only; elsewhere only the registry counts).
 
 A training re-reads both every few seconds (`adjust`), so when a neighbour finishes it takes its
-cores back. `train.threads` > 0 fixes the count: nothing is registered or adjusted for it. The
-last bits of a training's weights depend on its thread count (oneDNN splits its reductions by
-thread), so for bit-identical reruns on a busy machine, fix `train.threads`.
+cores back. `train.threads` > 0 fixes every stage's count (the stage stays registered, so the
+others still leave it its share). The last bits of a training's weights depend on its thread
+count (oneDNN splits its reductions by thread), so for bit-identical reruns on a machine whose
+load changes, fix `train.threads`.
 """
 from __future__ import annotations
 
@@ -276,6 +277,12 @@ def claimed(stage: str):
 
 def current() -> Share | None:
     return _current
+
+
+def fix(threads: int) -> None:
+    """params' `train.threads` for the claimed stage, if any: > 0 fixes its thread count."""
+    if _current is not None:
+        _current.fix(threads)
 
 
 def for_training(threads: int) -> None:
