@@ -121,8 +121,9 @@ def _scores(ref_f: torch.Tensor, f: torch.Tensor, k: int, kid_subset: int, seed:
 def _trend(levels: list[float], fids: list[float]) -> dict:
     from scipy.stats import spearmanr
 
-    rho = float(spearmanr(levels, fids).statistic)  # NaN when FID does not move at all: no trend
-    rho = round(rho, 9) if np.isfinite(rho) else 0.0  # 0.8999999999999998 is 0.9 (one swap of five levels)
+    if len(set(fids)) == 1:  # FID does not move at all: no trend (Spearman is undefined)
+        return {"spearman": 0.0, "monotone": False}
+    rho = round(float(spearmanr(levels, fids).statistic), 9)  # 0.8999999999999998 is 0.9 (one swap of five levels)
     return {"spearman": rho, "monotone": bool(all(b > a for a, b in zip(fids, fids[1:])))}
 
 
