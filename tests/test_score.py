@@ -57,7 +57,7 @@ def test_a_folder_and_arrays_of_the_same_images_score_the_same(project, tmp_path
     from_folder = _json(p, "digits", folder)
     assert from_folder["n_fake"] == 40 and from_folder["n_real"] == 24  # evaluate's counts: a subset of the 60
     assert from_folder["reference_split"].startswith("digits:test") and from_folder["prdc_k"] == 3
-    assert from_folder["calibration"] == "calibration: not computed yet"
+    assert from_folder["calibration"].startswith("calibration: not computed yet")
     for array in ("x.npy", "x.npz"):
         scored = _json(p, "digits", tmp_path / array)
         assert {k: scored[k] for k in SAME} == {k: from_folder[k] for k in SAME}, array

@@ -159,11 +159,12 @@ def faces(src: Path = typer.Argument(..., help="folder of photos, searched recur
 def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (default: all)"),
               from_stage: bool = StageOpt, params: Path = ParamsOpt) -> None:
     """Train the offline `domain` feature extractor for FID/KID on a dataset's real training
-    split. Reads data/processed/<name>/ and params `extractor`; writes
-    models/extractors/<name>.pt and .json (kind, feature size, test accuracy or error)."""
+    split, then calibrate it (`dcganlab calibrate`). Reads data/processed/<name>/ and params
+    `extractor`, `evaluate.pr_k`, `evaluate.kid_subset_size`; writes models/extractors/<name>.pt,
+    .json (kind, feature size, test accuracy or error, training seconds) and .calibration.json."""
     def work():
         from dcganlab import paths
-        from dcganlab.extractor import describe, train_extractor
+        from dcganlab.extractor import describe, load_extractor, train_extractor
         from dcganlab.train import load_processed
 
         chosen = _chosen("extractor", dataset, from_stage)
@@ -171,8 +172,38 @@ def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (
         for name in _names(chosen, p.datasets, "dataset"):
             data = load_processed(paths.processed_dir(p.root, name))
             info = train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, name), name)
-            typer.echo(f"extractor {name}: {describe(info)}")
+            typer.echo(f"extractor {name}: {describe(info)} ({info['train_seconds']:.0f} s)")
+            _calibrate(p, name, load_extractor(paths.extractor_path(p.root, name))[0], info, data)
     _run(work, share_cpu="extractor")
+
+
+def _calibrate(p, name: str, net, info: dict, data: dict) -> None:
+    from dcganlab.calibration import calibrate, write_calibration
+
+    table = calibrate(net, info, data, p.evaluate.pr_k, p.evaluate.kid_subset_size, p.seed, batch=p.evaluate.batch_size)
+    out = write_calibration(p.root, name, table)
+    c = table["checks"]
+    typer.echo(f"calibration {name} ({table['seconds']:.0f} s): {table['headline']}; min Spearman "
+               f"{c['spearman_min']:.2f} ({c['spearman_min_family']}) -> {out}")
+
+
+@app.command()
+def calibrate(dataset: Optional[str] = typer.Argument(None, help="dataset name (default: all)"),
+              params: Path = ParamsOpt) -> None:
+    """Calibrate a dataset's trained extractor (the extractor stage does this after training): FID,
+    KID and precision/recall/density/coverage of N training-split vs N held-out real images
+    disturbed at increasing levels (noise, blur, black squares, swirl, salt-and-pepper, a faint
+    checkerboard; fewer classes for labelled data). Writes models/extractors/<name>.calibration.json."""
+    def work():
+        from dcganlab import paths
+        from dcganlab.extractor import load_extractor
+        from dcganlab.train import load_processed
+
+        p = _params(params)
+        for name in _names(dataset, p.datasets, "dataset"):
+            net, info = load_extractor(paths.extractor_path(p.root, name))
+            _calibrate(p, name, net, info, load_processed(paths.processed_dir(p.root, name)))
+    _run(work, share_cpu="calibrate")
 
 
 @app.command()

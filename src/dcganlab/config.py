@@ -49,6 +49,8 @@ MAX_NICE = 20           # evaluate.nice_factor: sample.py's nice.png uses 20
 MAX_PR_K = 100          # precision/recall: k-NN radius, k far below any sample count
 MAX_PAIRS = 1_000_000   # evaluate.ssim_pairs, probe_train_n: pairs and images handled one batch at a time
 MAX_FEATURES = 4096     # extractor.features: one linear layer's width (Inception's is 2048)
+MAX_WORK_SIZE = 1024    # extractor.work_size: the largest image side a dataset may have (image_size)
+MAX_GRAY = 255.0        # extractor.black_level: gray levels of 255
 MAX_FM = 1e6            # feature_matching weight: G's losses are O(1..100); x1e6 stays far inside float32
 MAX_SIGMA = 100.0       # smooth_sigma: the 5x5 kernel is flat beyond ~5; 100 keeps sigma^2 finite in float32
 MAX_WORKERS = 256       # prepare's processes: each holds a decoder and its images
@@ -135,6 +137,8 @@ class ExtractorParams:
     batch_size: int = 128
     lr: float = 1e-3
     features: int = 128
+    work_size: int = 64   # larger images are resized down to this side (antialiased) before the net; 0 = native
+    black_level: float = 8.0  # gray levels (of 255) below this read as black (a faint pattern on black is no signal)
 
 
 @dataclass
@@ -329,6 +333,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.evaluate.batch_size >= 1, "evaluate.batch_size: must be >= 1")
     need(p.extractor.batch_size >= 2, "extractor.batch_size: must be >= 2")
     need(p.extractor.features >= 1, "extractor.features: must be >= 1")
+    need(p.extractor.work_size == 0 or p.extractor.work_size >= 8, "extractor.work_size: must be 0 (native) or >= 8")
+    need(p.extractor.black_level >= 0, "extractor.black_level: must be >= 0")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0")
     # the served model's reply grows with it (4096 32x32 digits: ~90 MB of JSON) and so does its body limit
@@ -364,7 +370,8 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
             ("sample", "interpolation_steps", MAX_FIGURE), ("sample", "arithmetic_rows", MAX_FIGURE),
             ("sample", "arithmetic_pool", MAX_POOL), ("sample", "arithmetic_mean_of", MAX_MEAN_OF),
             ("extractor", "epochs", MAX_EPOCHS), ("extractor", "batch_size", MAX_BATCH), ("extractor", "lr", MAX_RATE),
-            ("extractor", "features", MAX_FEATURES),
+            ("extractor", "features", MAX_FEATURES), ("extractor", "work_size", MAX_WORK_SIZE),
+            ("extractor", "black_level", MAX_GRAY),
             ("evaluate", "num_samples", MAX_EVAL), ("evaluate", "kid_subset_size", MAX_EVAL),
             ("evaluate", "batch_size", MAX_BATCH), ("evaluate", "pr_k", MAX_PR_K), ("evaluate", "ssim_pairs", MAX_PAIRS),
             ("evaluate", "probe_train_n", MAX_PAIRS), ("evaluate", "nice_factor", MAX_NICE),

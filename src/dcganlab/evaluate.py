@@ -18,14 +18,11 @@ number of generated and real images, and the real reference split.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from dcganlab import paths
 from dcganlab.atomic import write_json
@@ -34,40 +31,11 @@ from dcganlab.extractor import describe, embed, load_extractor, predict_classes,
 from dcganlab.files import dvc_output, read_json
 from dcganlab.inception import load_inception
 from dcganlab.locks import experiment_lock
-from dcganlab.metrics import (density_coverage, finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
+from dcganlab.metrics import (density_coverage, fid_kid_features, finite_or_none, linear_probe, mean_pairwise_ssim, mode_coverage,
                               per_class_accuracy, precision_recall)
 from dcganlab.sample import balanced_labels, nice_samples
 from dcganlab.tracking import existing_run, tag_model_versions
 from dcganlab.train import generate, load_model, load_processed, sample_noise
-
-
-class _Features(nn.Module):
-    """Hands precomputed features to torchmetrics: each image set goes through the (possibly
-    expensive) extractor once, and FID, KID and precision/recall share those features."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-@torch.no_grad()
-def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int, seed: int = 0) -> dict:
-    """FID and KID (torchmetrics) between two sets of feature vectors."""
-    identity = _Features(real_f.shape[1])
-    fid = FrechetInceptionDistance(feature=identity, normalize=True)
-    subset = min(kid_subset, len(real_f), len(fake_f))
-    with warnings.catch_warnings():  # "KID keeps all features in memory": known, and small here
-        warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
-        kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
-    for feats, is_real in ((real_f, True), (fake_f, False)):
-        fid.update(feats, real=is_real)
-        kid.update(feats, real=is_real)
-    torch.manual_seed(seed)  # KID draws random subsets
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
 
 
 def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0,

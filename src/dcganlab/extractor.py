@@ -13,6 +13,7 @@ training split (so FID/KID have one scale across datasets and extractor kinds).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +28,73 @@ from dcganlab.files import dvc_output, load_torch
 from dcganlab.progress import progress
 
 
+def working_size(image_size: int, work_size: int) -> int:
+    """The side the net sees: images larger than `work_size` are resized down to it (0: native)."""
+    return image_size if not work_size or image_size <= work_size else work_size
+
+
+class Encoder(nn.Sequential):
+    """The conv stack behind an antialiased resize to the working size and a [1 2 1] low-pass.
+    A stride-2 convolution samples every other pixel: without a low-pass first, a pattern at the
+    pixel grid's own frequency (the faint checkerboard transposed convolutions leave) aliases into
+    coarse features, and a 64x64 extractor scored it worse than a visible blur (issue #19). The
+    [1 2 1] filter (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again") is zero at
+    exactly that frequency. Fashion-MNIST at 96 or 128 is upscaled 28x28: resizing it to 64 loses nothing."""
+
+    def __init__(self, work: int, lowpass: bool, black_level: float, *layers: nn.Module):
+        super().__init__(*layers)
+        self.work, self.lowpass, self.black_level = work, lowpass, black_level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_working_size(crush_blacks(x.float(), self.black_level), self.work)
+        return super().forward(low_pass(x) if self.lowpass else x)
+
+
+def crush_blacks(x: torch.Tensor, gray_levels: float) -> torch.Tensor:
+    """Gray levels below `gray_levels` (of 255) read as black, the rest stretched back to the range:
+    no one sees 0..8 of 255 apart, but a clipped faint checkerboard on a black background is
+    exactly such a shift (0 -> 0 or +A), and a net would otherwise read it as a brighter background."""
+    if not gray_levels:
+        return x
+    t = gray_levels / 127.5
+    return (x + 1 - t).clamp_min(0) * (2 / (2 - t)) - 1
+
+
+def low_pass(x: torch.Tensor) -> torch.Tensor:
+    """[1 2 1]/4 in each direction, per channel, edges replicated."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
+
+
+def to_working_size(x: torch.Tensor, work: int) -> torch.Tensor:
+    if x.shape[-1] == work:
+        return x
+    return F.interpolate(x, size=(work, work), mode="bilinear", antialias=True, align_corners=False)
+
+
 class DomainNet(nn.Module):
     """forward(x in [-1, 1]) -> (B, num_features) features, as torchmetrics expects."""
 
-    def __init__(self, channels: int, image_size: int, num_features: int = 128, num_classes: int = 0):
+    def __init__(self, channels: int, image_size: int, num_features: int = 128, num_classes: int = 0,
+                 work: int | None = None, black_level: float = 0.0):
         super().__init__()
         self.num_features = num_features
-        self.encoder = nn.Sequential(
+        # work None: an extractor saved before working sizes (native size, no low-pass)
+        self.work = image_size if work is None else work
+        self.encoder = Encoder(
+            self.work, work is not None, black_level,
             nn.Conv2d(channels, 32, 3, 2, 1), nn.ReLU(True),
             nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(True),
             nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
             nn.Linear(512, num_features),  # linear bottleneck: no dead units in the features
         )
-        out = channels * image_size * image_size
+        out = channels * self.work * self.work  # the autoencoder reconstructs the working-size image
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(num_features, num_classes)) if num_classes else None
         self.decoder = None if num_classes else nn.Sequential(nn.ReLU(), nn.Linear(num_features, 512), nn.ReLU(True),
                                                               nn.Linear(512, out), nn.Tanh())
-        self.shape = (channels, image_size, image_size)
+        self.shape = (channels, self.work, self.work)
         # per-feature standardisation, fitted on the real training split after training, so
         # FID/KID have the same scale whatever the dataset and extractor kind
         self.register_buffer("feat_mean", torch.zeros(num_features))
@@ -57,7 +107,7 @@ class DomainNet(nn.Module):
         h = self.encoder(x)
         if self.head is not None:
             return F.cross_entropy(self.head(h), y)
-        return F.mse_loss(self.decoder(h).view(-1, *self.shape), x)
+        return F.mse_loss(self.decoder(h).view(-1, *self.shape), to_working_size(x, self.work))
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -71,9 +121,11 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
     train, test = split == 0, split == 1
     if train.sum() < 2:
         raise UserError(f"dataset '{dataset}' has too few training images for the extractor")
+    t0 = time.perf_counter()
     torch.manual_seed(seed)
     channels, size = images.shape[1], images.shape[2]
-    net = DomainNet(channels, size, p.features, len(classes) if labeled else 0)
+    work = working_size(size, p.work_size)
+    net = DomainNet(channels, size, p.features, len(classes) if labeled else 0, work, p.black_level)
     opt = torch.optim.Adam(net.parameters(), lr=p.lr)
     x_train, y_train = to_float(images[train]), torch.as_tensor(labels[train])
     gen = torch.Generator().manual_seed(seed)
@@ -105,7 +157,8 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
                                              for i in range(0, len(x_eval), 500)) / len(x_eval))}
     info = {"dataset": dataset, "kind": "classifier" if labeled else "autoencoder", "features": p.features,
             "channels": channels, "image_size": size, "classes": classes if labeled else [],
-            "train_images": int(train.sum()), "quality_split": eval_split, **quality}
+            "train_images": int(train.sum()), "quality_split": eval_split, **quality,
+            "work_size": work, "black_level": p.black_level, "train_seconds": time.perf_counter() - t0}
     save_torch(out, {"state_dict": net.state_dict(), "info": info})
     write_json(out.with_suffix(".json"), info)
     return info
@@ -117,7 +170,8 @@ def load_extractor(path: Path) -> tuple[DomainNet, dict]:
     remedy = dvc_output(path, f"extractor@{path.stem}")
     blob = load_torch(path, "feature extractor", remedy, keys=("state_dict", "info"))
     info = blob["info"]
-    net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]))
+    net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]),
+                    info.get("work_size"), info.get("black_level", 0.0))
     net.load_state_dict(blob["state_dict"])
     return net.eval(), info
 

@@ -16,14 +16,50 @@
 - class_histogram / mode_coverage / per_class_accuracy: what a domain classifier sees in samples.
 - linear_probe: accuracy of a standardised logistic regression (scikit-learn), the
   representation-learning test of the DCGAN paper.
-FID and KID stay in torchmetrics (see evaluate.fid_kid).
+- fid_kid_features: FID and KID (torchmetrics) on precomputed features: what evaluate, quality,
+  score and the extractor's calibration all compute.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
+from torch import nn
+
+
+# ---------------------------------------------------------------- FID / KID
+class _Features(nn.Module):
+    """Hands precomputed features to torchmetrics: each image set goes through the (possibly
+    expensive) extractor once, and FID, KID and precision/recall share those features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@torch.no_grad()
+def fid_kid_features(real_f: torch.Tensor, fake_f: torch.Tensor, kid_subset: int, seed: int = 0) -> dict:
+    """FID and KID (torchmetrics) between two sets of feature vectors."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    identity = _Features(real_f.shape[1])
+    fid = FrechetInceptionDistance(feature=identity, normalize=True)
+    subset = min(kid_subset, len(real_f), len(fake_f))
+    with warnings.catch_warnings():  # "KID keeps all features in memory": known, and small here
+        warnings.filterwarnings("ignore", message=".*Kernel Inception Distance.*")
+        kid = KernelInceptionDistance(feature=identity, subset_size=subset, normalize=True)
+    for feats, is_real in ((real_f, True), (fake_f, False)):
+        fid.update(feats, real=is_real)
+        kid.update(feats, real=is_real)
+    torch.manual_seed(seed)  # KID draws random subsets
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
 
 
 # ---------------------------------------------------------------- precision / recall

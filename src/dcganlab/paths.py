@@ -45,6 +45,11 @@ def extractor_path(root: Path, dataset: str) -> Path:
     return root / "models" / "extractors" / f"{_part(dataset)}.pt"
 
 
+def calibration_path(root: Path, dataset: str) -> Path:
+    """The extractor's calibration table (calibration.py), written beside it by the extractor stage."""
+    return extractor_path(root, dataset).with_suffix(".calibration.json")
+
+
 def report_dir(root: Path, experiment: str) -> Path:
     return root / "reports" / _part(experiment)
 

@@ -196,6 +196,13 @@ def _how_computed(name: str, m: dict, q: pd.DataFrame | None) -> str:
     return "; ".join(parts) + "."
 
 
+def calibration_lines(root: Path, datasets: list[str]) -> list[str]:
+    """`dataset: calibration headline` per dataset (calibration.py)."""
+    from dcganlab.calibration import read_headline  # loads torch: only when a report is written
+
+    return [f"{ds}: {read_headline(root, ds).removeprefix('calibration: ')}" for ds in datasets]
+
+
 def report(params: Params) -> dict:
     root = params.root
     reports = root / "reports"
@@ -242,6 +249,9 @@ def report(params: Params) -> dict:
               "robust to outliers; docs/evaluation.md). SSIM: mean pairwise SSIM "
               "among generated (fake) and real images, higher = less diverse. n/a: not measured."),
         ("table", comparison_table(metrics)),
+        ("p", "The scale of these FIDs: each dataset's extractor scores real held-out images disturbed at increasing "
+              "levels (its calibration, models/extractors/<dataset>.calibration.json; docs/evaluation.md)."),
+        ("ul", calibration_lines(root, sorted({params.experiment(n).dataset for n in metrics}))),
         ("h2", "How each number was computed"),
         ("ul", [_how_computed(n, metrics[n], quality[n]) for n in metrics]),
         ("h2", "Claims of the seed papers"),

@@ -20,32 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcganlab import paths
+from dcganlab.calibration import read_headline
 from dcganlab.config import Params
 from dcganlab.errors import UserError
 from dcganlab.evaluate import image_metrics, load_reference
 from dcganlab.extractor import to_float
-from dcganlab.files import Unreadable, load_npy, read_json
+from dcganlab.files import Unreadable, load_npy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CHANNELS_OF_MODE = {"L": 1, "RGB": 3}
 MODEL_SCHEMES = ("runs:/", "models:/")
-
-
-def calibration_path(root: Path, dataset: str) -> Path:
-    """Where the extractor's calibration (issue #19, item 1) will be written."""
-    return paths.extractor_path(root, dataset).with_suffix(".calibration.json")
-
-
-def calibration_headline(root: Path, dataset: str) -> str:
-    """The calibration's one-line headline, to print beside the numbers (a tiny reader: the
-    calibration's own format is not decided yet)."""
-    path = calibration_path(root, dataset)
-    if not path.is_file():
-        return "calibration: not computed yet"
-    found = read_json(path, "extractor calibration", f"delete it or rerun the calibration of '{dataset}'")
-    headline = found.get("headline") if isinstance(found, dict) else None
-    return f"calibration: {headline}" if headline else f"calibration: see {path}"
 
 
 # ---------------------------------------------------------------- reading images
@@ -175,4 +159,4 @@ def score(params: Params, dataset: str, source: str) -> dict:
         ref = load_reference(params, dataset, gen)
     return {"images": source, "dataset": dataset, "seed": params.seed,
             **image_metrics(params, dataset, ref, fake),
-            "calibration": calibration_headline(params.root, dataset)}
+            "calibration": read_headline(params.root, dataset)}
