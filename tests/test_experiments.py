@@ -15,7 +15,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from typer.testing import CliRunner
 
-from conftest import ROOT, copy_project, run_cmd, tiny_params
+from conftest import ROOT, copy_project
 from dcganlab.cli import app
 from dcganlab.presets import PRESETS, Preset, overrides
 

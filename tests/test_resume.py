@@ -17,7 +17,6 @@ import torch
 
 from conftest import prepare_project, tiny_params, train_through_a_lost_tracking_server, write_params
 from dcganlab import paths
-from dcganlab.config import load_params
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = ["images_per_s", "train_s", "wall_s", "threads"]  # threads: the machine's load decides
