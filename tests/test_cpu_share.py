@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dcganlab import cpu_share
+from dcganlab.bench_classic import fresh_training
 from dcganlab.cpu_share import BusyMeter, Entry, quota_cores, running, share, usable_cores
 
 from conftest import prepare_project, tiny_params, write_params
@@ -181,8 +182,7 @@ def test_train_takes_half_the_cores_beside_a_running_stage(tmp_path, registry):
         def train(threads: int) -> dict:
             params = tiny_params(**{"experiments.tiny.epochs": 1, "train.threads": threads})
             write_params(p.root, params)
-            for folder in ("models", "reports"):
-                subprocess.run(["rm", "-rf", str(p.root / folder)], check=True)
+            fresh_training(p.root)
             subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny"], cwd=p.root, env=env, check=True,
                            capture_output=True, timeout=300)
             return json.loads((p.root / "reports/tiny/train.json").read_text())

@@ -62,7 +62,7 @@ def isa_capped() -> bool:
     kernels, `ONEDNN_MAX_CPU_ISA=AVX2` or any level without bf16 for oneDNN's convolutions): how an
     AVX2-only CPU is reproduced on a newer one. The CPU's flags still say bf16 then, but the
     convolutions would emulate it, many times slower than fp32 (43x on the classic DCGAN)."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":  # torch's levels: ..., AVX2, AVX512
         return True
     isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
     return isa not in ("ALL", "DEFAULT") and not any(level in isa for level in _ONEDNN_BF16_LEVELS)

@@ -132,13 +132,24 @@ class _TreeMemory(threading.Thread):
 _RATE = {"dcganlab": re.compile(r"train bench: .*?([\d.]+) img/s"), "classic": re.compile(r"loop ([\d.]+) img/s")}
 
 
-def run_once(side: str, cmd: list[str], root: Path) -> dict:
-    """Wall seconds, peak tree RSS and the loop's img/s of one fresh process."""
-    if side == "dcganlab":  # a fresh training (else it would find the finished one); the store stays
-        for folder in ("models", "reports"):
-            shutil.rmtree(root / folder, ignore_errors=True)
+def fresh_training(root: Path) -> None:
+    """A fresh training next time (else it would find the finished one); the MLflow store stays."""
+    for folder in ("models", "reports"):
+        shutil.rmtree(root / folder, ignore_errors=True)
+
+
+def child_env() -> dict:
+    """A child process's environment: this process's imports, the project's own MLflow store."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_once(side: str, cmd: list[str], root: Path) -> dict:
+    """Wall seconds, peak tree RSS and the loop's img/s of one fresh process."""
+    if side == "dcganlab":
+        fresh_training(root)
+    env = child_env()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch = _TreeMemory(proc.pid)

@@ -15,8 +15,6 @@ count (the number of cores was torch's default before cpu_share.py: the oversubs
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from dcganlab.bench_classic import Setting, make_project, new_store_seconds
+from dcganlab.bench_classic import Setting, child_env, fresh_training, make_project, new_store_seconds
 from dcganlab.errors import UserError
 
 NEIGHBOUR = "import torch\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x)\n"
@@ -43,12 +41,9 @@ def _project(params, s: Setting, root: Path, epochs: int, threads: int) -> Path:
 
 def _start(params_file: Path) -> subprocess.Popen:
     root = params_file.parent
-    for folder in ("models", "reports"):
-        shutil.rmtree(root / folder, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    fresh_training(root)
     return subprocess.Popen([sys.executable, "-m", "dcganlab", "train", "bench", "-p", str(params_file)], cwd=root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc: subprocess.Popen, params_file: Path) -> dict:

@@ -6,6 +6,7 @@ modules are imported inside the commands so `--help` and the data stages stay fa
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -27,13 +28,10 @@ StageOpt = typer.Option(False, "--dvc-stage", help="take the name from $DVC_STAG
 def _run(work: Callable[[], object], share_cpu: str = "") -> None:
     """`work()`, with bad input as one line and an exit code. `share_cpu`: a stage that computes
     with torch takes only its share of the cores (cpu_share.py) before it starts."""
-    try:
-        if share_cpu:
-            from dcganlab import cpu_share
+    from dcganlab import cpu_share
 
-            with cpu_share.claimed(share_cpu):
-                work()
-        else:
+    try:
+        with cpu_share.claimed(share_cpu) if share_cpu else contextlib.nullcontext():
             work()
     except UserError as err:
         # a training run stopped by SIGTERM / Ctrl-C (it checkpointed) is not an error: no "error:"

@@ -33,7 +33,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ADJUST_EVERY_S = 2.0   # how often a training re-reads the registry and /proc/stat
@@ -205,8 +205,7 @@ class Share:
     entry: Entry | None = None
     meter: BusyMeter | None = None
     threads: int = 0
-    checked: float = field(default=0.0)
-    why: str = ""
+    checked: float = 0.0            # when the registry and /proc/stat were last read (monotonic)
 
     def adjust(self, force: bool = False) -> int:
         """Re-read the registry and /proc/stat (every ADJUST_EVERY_S at most) and set torch's
@@ -214,19 +213,13 @@ class Share:
         import torch
 
         if self.fixed:
-            if torch.get_num_threads() != self.fixed:
-                torch.set_num_threads(self.fixed)
-            self.threads, self.why = self.fixed, "train.threads"
-            return self.fixed
-        now = time.monotonic()
-        if not force and now - self.checked < ADJUST_EVERY_S:
+            n = self.fixed
+        elif force or time.monotonic() - self.checked >= ADJUST_EVERY_S:
+            self.checked = time.monotonic()
+            peers = running(registry_dir(), self.cores, self.entry.path if self.entry else None)
+            n = share(self.usable, len(peers), self.meter.read() if self.meter else None)
+        else:
             return self.threads
-        self.checked = now
-        peers = len(running(registry_dir(), self.cores, self.entry.path if self.entry else None))
-        busy = self.meter.read() if self.meter else None
-        n = share(self.usable, peers, busy)
-        self.why = (f"{self.usable} cores, {peers} other dcganlab stage{'s' * (peers != 1)} on them"
-                    + (f", {busy:.1f} busy elsewhere" if busy is not None else ""))
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
         self.threads = n
