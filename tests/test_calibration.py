@@ -83,6 +83,10 @@ def test_every_family_scores_worse_with_its_level_on_robust_features(robust):
     added = {f: next(r["fid"] for r in fams[f]["levels"] if r["level"] == lv) - floor
              for f, lv in (("checkerboard", 4.0), ("gaussian_blur", 1.0))}
     assert added["checkerboard"] <= 0.3 * added["gaussian_blur"], added
+    checks = robust["checks"]
+    assert checks["checkerboard_ratio_above_floor"] == pytest.approx(max(added["checkerboard"], 0) / added["gaussian_blur"])
+    assert checks["checkerboard_above_floor_ok"] and checks["checkerboard_blind_ratio"] == pytest.approx(
+        floor / (added["gaussian_blur"] + floor))
     assert robust["n"] == 600 and robust["k"] == 3
 
 
@@ -97,6 +101,7 @@ def test_the_checks_fail_on_features_that_magnify_a_faint_checkerboard(digits):
     table = calibrate(AliasingFeatures(), INFO, digits, k=3, kid_subset=100, seed=0, max_n=600)
     assert table["checks"]["checkerboard_unclipped_ratio"] > 0.3  # the full pattern: far above a 1-px blur
     assert f"ratio {table['checks']['checkerboard_ratio']:.2f}" in table["headline"]
+    assert not table["checks"]["checkerboard_above_floor_ok"]  # the clipped pattern, above the floor, too
 
 
 def test_the_same_seed_gives_the_same_table(digits, robust):

@@ -59,6 +59,8 @@ BAD_VALUES = [
     ("evaluate.batch_size", 0, "evaluate.batch_size: must be >= 1"),
     ("extractor.features", 0, "extractor.features: must be >= 1"),
     ("extractor.work_size", 4, "extractor.work_size: must be 0 (native) or >= 8"),
+    ("extractor.lr_schedule", "step", "extractor.lr_schedule: 'step' is not cosine or constant"),
+    ("extractor.robust_from", -1, "extractor.robust_from: must be >= 0"),
     ("sample.interpolation_pairs", 0, "sample.interpolation_pairs: must be >= 1"),
     ("train", [1, 2], "train: expected a mapping"),
 ]
@@ -226,7 +228,7 @@ UPPER_BOUNDS = [
     ("sample.interpolation_pairs", 64), ("sample.interpolation_steps", 64), ("sample.arithmetic_rows", 64),
     ("sample.arithmetic_pool", 100_000), ("sample.arithmetic_mean_of", 100), ("extractor.epochs", 100_000),
     ("extractor.batch_size", 65536), ("extractor.lr", 10.0), ("extractor.features", 4096),
-    ("extractor.work_size", 1024), ("extractor.black_level", 255.0),
+    ("extractor.work_size", 1024), ("extractor.black_level", 255.0), ("extractor.robust_from", 1024),
     ("evaluate.num_samples", 50_000), ("evaluate.kid_subset_size", 50_000), ("evaluate.batch_size", 65536),
     ("evaluate.pr_k", 100), ("evaluate.ssim_pairs", 10**6), ("evaluate.probe_train_n", 10**6),
     ("evaluate.nice_factor", 20), ("evaluate.curve_samples", 50_000), ("evaluate.inception_samples", 50_000),

@@ -286,3 +286,18 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
     served, ours = _outputs("models:/tiny@champion", paths.model_path(p.root, "tiny"), z)
     np.testing.assert_allclose(served, ours, atol=1e-6)
     assert client.get_run(final.run_id).data.tags["best_epoch"] == "3"
+
+
+@pytest.mark.parametrize("robust_from, expected", [(0, True), (16, True), (17, False)])
+def test_the_extractor_low_passes_images_from_robust_from_and_records_it(tmp_path, robust_from, expected):
+    from dcganlab.config import ExtractorParams
+    from dcganlab.extractor import load_extractor, train_extractor
+
+    rng = np.random.default_rng(0)
+    data = {"images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8), "labels": np.arange(40) % 2,
+            "split": (np.arange(40) % 5 == 0).astype(np.uint8), "stats": {"classes": ["a", "b"]}}
+    p = ExtractorParams(epochs=1, batch_size=8, features=8, robust_from=robust_from)
+    info = train_extractor(data, p, 0, tmp_path / "x.pt", "d")
+    net, loaded = load_extractor(tmp_path / "x.pt")
+    assert info["lowpass"] is expected and loaded["lowpass"] is expected and net.encoder.lowpass is expected
+    assert info["lr_schedule"] == "cosine"

@@ -269,6 +269,20 @@ def test_without_kid_std_the_real_floor_is_the_noise_scale():
     assert claim_verdict(e, "feature matching")[0] == SUPPORTS
 
 
+def test_the_cartoon_claim_says_whether_its_pair_is_a_clean_ablation():
+    from dcganlab.presets import PRESETS
+
+    full, plain = (PRESETS[n].entries()[1] for n in ("cartoon-128", "cartoon-128-ablation"))
+    x = ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=1.0)
+    y = ev("digits-dcgan", size=128, fid=100.0, kid_std=None, fid_real_floor=1.0)
+    x.recipe, y.recipe = vars(full), vars(plain)
+    verdict, reason = claim_verdict({"a": x, "b": y}, "feature matching")
+    assert verdict == SUPPORTS and "a clean ablation" in reason
+    y.recipe = {**vars(plain), "lr_d": 2e-4, "flip_p": 0.0}
+    assert "differs from digits-dcgan in flip_p, lr_d: not a clean ablation" in claim_verdict({"a": x, "b": y},
+                                                                                              "feature matching")[1]
+
+
 def test_conditional_probe_ranked_and_plausible_claims():
     def one(name, text, **m):
         return claim_verdict({name: ev(name, **m)}, text)[0]

@@ -25,7 +25,7 @@ Verdicts: "supports", "does not support", "inconclusive". A row is inconclusive 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import pandas as pd
@@ -48,6 +48,7 @@ class Evidence:
     variant: str = ""
     dataset: str = ""
     source: str = ""                    # the dataset's fetch source: the kind of data
+    recipe: dict = field(default_factory=dict)  # the experiment's params.yaml entry (ExperimentParams)
 
     def get(self, key: str) -> float:
         value = self.metrics.get(key)
@@ -128,10 +129,20 @@ def judge_resnet(ev: list[Evidence]) -> tuple[str, str, str]:
     return measured, verdict, reason
 
 
+# what the cartoon recipe adds to its DCGAN; any other setting that differs spoils the ablation
+_CARTOON_OWN = {"variant", "feature_matching", "smooth_sigma", "seed_offset"}
+
+
 def judge_cartoon(ev: list[Evidence]) -> tuple[str, str, str]:
+    """Final FID/KID of cartoon-128 vs its baseline; the reason says whether the pair is a clean
+    ablation of smoothing + feature matching (every other setting equal) or names what else differs."""
     x, y = ev
-    caveat = ("cartoon-128 also differs from its comparison in learning rates, lr decay, flips and noise: not a clean "
-              "ablation of feature matching + smoothing")
+    other = sorted(k for k in (x.recipe.keys() | y.recipe.keys()) - _CARTOON_OWN if x.recipe.get(k) != y.recipe.get(k))
+    if x.recipe and y.recipe and not other:
+        caveat = "a clean ablation: the same networks and settings without smoothing and feature matching"
+    else:
+        caveat = (f"{x.name} also differs from {y.name} in {', '.join(other) if other else 'settings not recorded'}: "
+                  "not a clean ablation of feature matching + smoothing")
     return better_generator(x, y, caveat)
 
 

@@ -418,8 +418,9 @@ def preset(name: Optional[str] = typer.Argument(None, help="preset name (default
         from dcganlab.presets import DATASETS, PRESETS, overrides
 
         if name is None:
+            width = max(map(len, PRESETS))
             for key, p in PRESETS.items():
-                typer.echo(f"{key:18s} {p.description}")
+                typer.echo(f"{key:{width}s} {p.description}")
             typer.echo(f"datasets (--dataset): {', '.join(DATASETS)}")
             return
         if name not in PRESETS:

@@ -138,7 +138,9 @@ class ExtractorParams:
     lr: float = 1e-3
     features: int = 128
     work_size: int = 64   # larger images are resized down to this side (antialiased) before the net; 0 = native
-    black_level: float = 8.0  # gray levels (of 255) below this read as black (a faint pattern on black is no signal)
+    black_level: float = 8.0  # from robust_from: gray levels (of 255) below this read as black (a faint pattern on black is no signal)
+    lr_schedule: str = "cosine"  # cosine (decay to 0 over the run: a stable last epoch) | constant
+    robust_from: int = 33     # images of at least this side get the [1 2 1] low-pass and black_level (0: every size)
 
 
 @dataclass
@@ -335,6 +337,9 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
     need(p.extractor.features >= 1, "extractor.features: must be >= 1")
     need(p.extractor.work_size == 0 or p.extractor.work_size >= 8, "extractor.work_size: must be 0 (native) or >= 8")
     need(p.extractor.black_level >= 0, "extractor.black_level: must be >= 0")
+    need(p.extractor.lr_schedule in ("cosine", "constant"),
+         f"extractor.lr_schedule: {quote(p.extractor.lr_schedule)} is not cosine or constant")
+    need(p.extractor.robust_from >= 0, "extractor.robust_from: must be >= 0 (0: every size)")
     need(p.train.grid_size >= 1, "train.grid_size: must be >= 1")
     need(p.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps: must be >= 0")
     # the served model's reply grows with it (4096 32x32 digits: ~90 MB of JSON) and so does its body limit
@@ -371,7 +376,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
             ("sample", "arithmetic_pool", MAX_POOL), ("sample", "arithmetic_mean_of", MAX_MEAN_OF),
             ("extractor", "epochs", MAX_EPOCHS), ("extractor", "batch_size", MAX_BATCH), ("extractor", "lr", MAX_RATE),
             ("extractor", "features", MAX_FEATURES), ("extractor", "work_size", MAX_WORK_SIZE),
-            ("extractor", "black_level", MAX_GRAY),
+            ("extractor", "black_level", MAX_GRAY), ("extractor", "robust_from", MAX_WORK_SIZE),
             ("evaluate", "num_samples", MAX_EVAL), ("evaluate", "kid_subset_size", MAX_EVAL),
             ("evaluate", "batch_size", MAX_BATCH), ("evaluate", "pr_k", MAX_PR_K), ("evaluate", "ssim_pairs", MAX_PAIRS),
             ("evaluate", "probe_train_n", MAX_PAIRS), ("evaluate", "nice_factor", MAX_NICE),

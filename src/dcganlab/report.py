@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -221,7 +222,7 @@ def report(params: Params) -> dict:
             metrics[name]["arithmetic_agreement"] = agreement
         ds = params.dataset(e.dataset)
         evidence[name] = Evidence(name, metrics[name], quality[name], ds.image_size,
-                                  metrics[name].get("epochs") or e.epochs, e.variant, e.dataset, ds.source)
+                                  metrics[name].get("epochs") or e.epochs, e.variant, e.dataset, ds.source, asdict(e))
     write_json(reports / "metrics.json", metrics)
 
     with atomic_dir(paths.figures_dir(root)) as tmp:  # swapped in whole: no stale figures
