@@ -58,6 +58,8 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     assert D is not None and D(G(torch.randn(2, 8))).logit.shape == (2,)
     assert G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
     assert summary["epochs"] == 1 and summary["images_per_s"] > 0
+    import resource  # train.json's peak memory is this (test) process's, in MiB
+    assert summary["peak_rss_mb"] == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.05)
     losses = (prepared.root / "reports/tiny/losses.csv").read_text().splitlines()
     assert losses[0].startswith("epoch,loss_d,loss_g,d_real,d_fake")
 

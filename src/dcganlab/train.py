@@ -683,6 +683,14 @@ def log_pyfunc_generator(mlflow, G, e, channels: int, size: int, num_classes: in
                                        pip_requirements=serving.requirements(), registered_model_name=registered_name)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp, device, history) -> dict:
     """model.pt (both networks), losses.csv and train.json, from the networks and the epoch history."""
     root = params.root
@@ -698,6 +706,7 @@ def _write_outputs(params, name, G, D, e, channels, size, num_classes, data, fp,
         **({"cpu": cpu_path()} if device.type == "cpu" else {}),  # ISA, native bf16, threads at the end
         "final_loss_d": history[-1]["loss_d"],
         "final_loss_g": history[-1]["loss_g"],
+        "peak_rss_mb": peak_rss_mb(),
     }
     write_json(report / "train.json", summary)
     return summary
