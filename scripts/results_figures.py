@@ -54,22 +54,31 @@ def figures(ws: Path, exp: str, out: Path, epochs: list[int]) -> None:
     save(_row(pair, ["random samples", "D-ranked: best n of 5n"], WIDTH // 2 - 8), out / f"{exp}-ranked.png")
 
 
+def side_by_side(ws: Path, exps: list[str], out: Path) -> None:
+    """The last epoch's fixed-noise grid of each experiment, side by side (same seed: same noise)."""
+    grids = [sorted((ws / "models" / exp / "train" / "grids").glob("epoch_*.png"))[-1] for exp in exps]
+    save(_row([Image.open(g) for g in grids], exps, WIDTH // len(exps) - 8), out / f"{'-vs-'.join(exps)}.png")
+
+
 def table_row(ws: Path, exp: str) -> str:
     m = json.loads((ws / "reports" / "eval" / f"{exp}.json").read_text())
+    train = json.loads((ws / "reports" / exp / "train.json").read_text())
     stats = json.loads((ws / "data" / "processed" / m["dataset"] / "stats.json").read_text())
     probe = m.get("linear_probe") or {}
+    rss = f", {train['peak_rss_mb'] / 1024:.2f} GiB" if "peak_rss_mb" in train else ""
     return (f"| {exp} | {m['variant']} | {m['dataset']} {stats['image_size']}x{stats['image_size']} | "
             f"{stats['train']:,} / {stats['test']:,} | {m['epochs']} | {m['train_wall_s'] / 60:.1f} min, "
-            f"{m['images_per_s']:.0f} img/s | {m['fid']:.2f} ({m['fid_real_floor']:.2f}) | "
+            f"{m['images_per_s']:.0f} img/s{rss} | {m['fid']:.2f} ({m['fid_real_floor']:.2f}) | "
             f"{m['kid']:.3f} ± {m['kid_std']:.3f} | {m['precision']:.2f} / {m['recall']:.2f} "
             f"({m['precision_real_floor']:.2f} / {m['recall_real_floor']:.2f}) | "
+            f"{m['density']:.2f} / {m['coverage']:.2f} ({m['density_real_floor']:.2f} / {m['coverage_real_floor']:.2f}) | "
             f"{probe.get('d_features', float('nan')):.3f} vs {probe.get('pixels', float('nan')):.3f} "
             f"(n={probe.get('eval_n', 'n/a')}) | {m['fid_ranked']:.2f} vs {m['fid']:.2f} |")
 
 
-HEADER = ("| experiment | variant | data | train / held-out images | epochs | training | FID (real floor) | "
-          "KID ± std | precision / recall (real) | probe: D features vs pixels | FID: D-ranked vs random |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| experiment | variant | data | train / held-out images | epochs | training (peak RSS) | FID (real floor) | "
+          "KID ± std | precision / recall (real) | density / coverage (real) | probe: D features vs pixels | "
+          "FID: D-ranked vs random |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -78,6 +87,7 @@ def main() -> None:
     ap.add_argument("experiments", nargs="+")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--epochs", default="1,2", help="epochs whose grids to show (the last is always shown)")
+    ap.add_argument("--side-by-side", default="", help="A,B: also the last grids of these experiments side by side")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     epochs = [int(e) for e in args.epochs.split(",")]
@@ -85,6 +95,8 @@ def main() -> None:
     for exp in args.experiments:
         figures(args.workspace, exp, args.out, epochs)
         print(table_row(args.workspace, exp))
+    if args.side_by_side:
+        side_by_side(args.workspace, args.side_by_side.split(","), args.out)
 
 
 if __name__ == "__main__":
