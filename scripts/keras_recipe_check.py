@@ -27,11 +27,12 @@ import torch
 from torch import nn
 from torchvision.utils import save_image
 
-from dcganlab.config import ExperimentParams
-from dcganlab.evaluate import fid_kid_features
-from dcganlab.extractor import embed, load_extractor, to_float
-from dcganlab.train import bce, build_networks, generate, sample_noise, train_step
-from dcganlab.variants import VARIANTS
+from dcganlab.core.config import ExperimentParams
+from dcganlab.evaluation.extractor import embed, load_extractor, to_float
+from dcganlab.evaluation.metrics import fid_kid_features
+from dcganlab.gan.sampling import generate, sample_noise
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import StepNets, bce, build_networks, train_step
 
 
 def keras_step(G, D, opt_g, opt_d, real, z_dim, predict_mode: bool):
@@ -89,7 +90,7 @@ def main() -> None:
         for i in range(steps):
             real = train[order[i * e.batch_size:(i + 1) * e.batch_size]]
             if args.mode == "ours":
-                train_step(G, D, opt_g, opt_d, e, real, None, 0)
+                train_step(StepNets(G, D, opt_g, opt_d), e, real, None, 0)
             else:
                 keras_step(G, D, opt_g, opt_d, real, e.z_dim, args.mode == "keras")
             if (i + 1) in (steps // 2, steps):

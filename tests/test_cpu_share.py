@@ -8,12 +8,11 @@ import textwrap
 
 import pytest
 import torch
-
-from dcganlab import cpu_share
-from dcganlab.bench_classic import fresh_training
-from dcganlab.cpu_share import BusyMeter, Entry, quota_cores, running, share, usable_cores
-
 from conftest import prepare_project, tiny_params, write_params
+
+from dcganlab.bench.classic import fresh_training
+from dcganlab.core import cpu_share
+from dcganlab.core.cpu_share import BusyMeter, Entry, quota_cores, running, share, usable_cores
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def registry(tmp_path, monkeypatch):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from dcganlab.cpu_share import Entry
+    from dcganlab.core.cpu_share import Entry
     from pathlib import Path
     Entry.register(Path(sys.argv[1]), "train", {int(c) for c in sys.argv[2].split(",")})
     print("registered", flush=True)

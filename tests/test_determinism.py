@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_params
 
 STAGES = ["fetch", "prepare", "extractor", "train", "sample", "evaluate", "report"]

@@ -7,17 +7,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.evaluate import fid_kid_features
-from dcganlab.extractor import DomainNet, load_extractor
-from dcganlab.sample import interpolate
+from dcganlab.core import paths
+from dcganlab.evaluation.extractor import DomainNet, load_extractor
+from dcganlab.evaluation.metrics import fid_kid_features
+from dcganlab.gan.sampling import interpolate
 
 
 @pytest.fixture
 def trained(prepared):
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     data = load_processed(paths.processed_dir(prepared.root, "digits"))
     train_extractor(data, prepared.extractor, prepared.seed, paths.extractor_path(prepared.root, "digits"), "digits")
@@ -32,8 +33,8 @@ def test_extractor_is_a_classifier_on_labeled_digits(trained):
 
 
 def test_unlabeled_data_gets_an_autoencoder(tmp_path):
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import train_extractor
+    from dcganlab.core.config import ExtractorParams
+    from dcganlab.evaluation.extractor import train_extractor
 
     rng = np.random.default_rng(0)
     data = {"images": rng.integers(0, 256, (30, 3, 16, 16)).astype(np.uint8), "labels": np.full(30, -1),
@@ -88,7 +89,7 @@ SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "ex
 def _mlflow_metrics(root, name):
     import mlflow
 
-    from dcganlab.tracking import run_file
+    from dcganlab.core.tracking import run_file
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run_id = json.loads(run_file(paths.state_dir(root, name)).read_text())["run_id"]
@@ -96,7 +97,7 @@ def _mlflow_metrics(root, name):
 
 
 def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
-    from dcganlab.evaluate import evaluate
+    from dcganlab.stages.evaluate import run as evaluate
 
     m = evaluate(trained, "tiny")
     assert SCHEMA_KEYS <= set(m)
@@ -118,17 +119,19 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     assert m["eval_seconds"] > 0
     client, run_id = _mlflow_metrics(trained.root, "tiny")
     logged = client.get_run(run_id).data.metrics
-    assert logged["precision"] == m["precision"] and logged["linear_probe_d_features"] == probe["d_features"]
+    assert logged["precision"] == m["precision"] and logged["linear_probe.d_features"] == probe["d_features"]
     assert logged["coverage"] == m["coverage"] and logged["density"] == m["density"]
-    assert logged["mode_coverage_classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
+    assert logged["mode_coverage.classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
 
 
 def test_conditional_model_gets_per_class_accuracy(prepared):
-    from dcganlab.config import load_params
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
 
     write_params(prepared.root, tiny_params(**{"experiments.tiny.variant": "cgan"}))
     p = load_params(prepared.root / "params.yaml")
@@ -160,7 +163,7 @@ def _random_inception_weights(path, monkeypatch):
 
 
 def test_inception_extractor_loads_a_weights_file_and_feeds_fid(tmp_path, monkeypatch):
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)
     net, status = load_inception("auto", weights, url="")
@@ -174,7 +177,7 @@ def test_inception_extractor_loads_a_weights_file_and_feeds_fid(tmp_path, monkey
 
 
 def test_inception_unavailable_is_reported_not_raised(tmp_path):
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     assert load_inception("off", tmp_path / "w.pth", "") == (None, "unavailable: evaluate.inception is off")
     net, status = load_inception("auto", tmp_path / "w.pth", "http://127.0.0.1:9/w.pth")  # nothing listens
@@ -188,11 +191,12 @@ def test_inception_unavailable_is_reported_not_raised(tmp_path):
 # ---------------------------------------------------------------- quality over training
 def test_quality_stage_writes_one_row_per_saved_epoch(prepared):
     import pandas as pd
-
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 2}))
     p = load_params(prepared.root / "params.yaml")
@@ -222,10 +226,12 @@ def test_quality_without_saved_generators_is_a_user_error(prepared):
 @pytest.fixture
 def logged(prepared):
     """The tiny project trained for 3 epochs with its final generator registered in a private store."""
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     uri = f"sqlite:///{prepared.root / 'mlflow.db'}"
     write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True,
@@ -244,7 +250,8 @@ def _outputs(model_uri: str, path, z: np.ndarray) -> tuple:
     """(what the registered model draws, what the generator file draws) for the same latents."""
     import mlflow
 
-    from dcganlab.train import generate, load_model
+    from dcganlab.gan.modelfile import load_model
+    from dcganlab.gan.sampling import generate
 
     G, _, _ = load_model(path)
     return mlflow.pyfunc.load_model(model_uri).predict(z), generate(G, torch.from_numpy(z), None).numpy()
@@ -253,8 +260,9 @@ def _outputs(model_uri: str, path, z: np.ndarray) -> tuple:
 def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(logged):
     import pandas as pd
 
-    from dcganlab.quality import _crown_champion, best_epoch, saved_generators
-    from dcganlab.tracking import EPOCH_TAG
+    from dcganlab.core.tracking import EPOCH_TAG
+    from dcganlab.evaluation.curves import best_epoch, saved_generators
+    from dcganlab.stages.quality import _crown_champion
 
     p, client = logged
     result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(p.root / "params.yaml")])

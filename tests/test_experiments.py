@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, copy_project
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from typer.testing import CliRunner
 
-from conftest import ROOT, copy_project
 from dcganlab.cli import app
-from dcganlab.presets import PRESETS, Preset, overrides
+from dcganlab.gan.presets import PRESETS, Preset, overrides
 
 RUNNING = re.compile(r"^Running stage '([^']+)'", re.M)
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping", re.M)

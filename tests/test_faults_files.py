@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import copy_project, prepare_project, run_cmd
 from typer.testing import CliRunner
 
-from conftest import copy_project, prepare_project, run_cmd
 from dcganlab.cli import app
 
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_the_dvc_checkout_the_line_suggests_restores_the_file(dvc_baseline, tmp_
 @pytest.mark.parametrize("how", HOW)
 def test_damaged_inception_weights_are_reported_in_the_metrics_not_relayed(tmp_path, how):
     """evaluate carries on without InceptionV3; its status says why and what to do, in our words."""
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     weights = tmp_path / "w.pth"
     torch.save({"w": torch.zeros(64)}, weights)
@@ -167,9 +167,9 @@ def test_damaged_inception_weights_are_reported_in_the_metrics_not_relayed(tmp_p
 @pytest.mark.parametrize("how", HOW)
 def test_damaged_mlflow_model_weights_name_the_file_when_served(built, tmp_path, how):
     """What `mlflow models serve` and pyfunc.load_model call: load_context on the logged weights."""
-    from dcganlab import serving
-    from dcganlab.errors import UserError
-    from dcganlab.train import load_model
+    from dcganlab.core.errors import UserError
+    from dcganlab.gan import serving
+    from dcganlab.gan.modelfile import load_model
 
     G, _, meta = load_model(built / "models/tiny/model.pt")
     weights = tmp_path / "weights.pt"
@@ -207,8 +207,8 @@ def test_a_full_disk_names_the_output_and_keeps_the_previous_one(built):
 
 @needs_dev_full
 def test_a_full_disk_while_building_a_folder_keeps_the_previous_folder(tmp_path):
-    from dcganlab.atomic import atomic_dir
-    from dcganlab.errors import UserError
+    from dcganlab.core.atomic import atomic_dir
+    from dcganlab.core.errors import UserError
 
     folder = tmp_path / "samples"
     folder.mkdir()

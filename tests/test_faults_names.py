@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import git_project, prepare_project, tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import git_project, prepare_project, tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import load_params, parse_params
-from dcganlab.errors import ParamsError
+from dcganlab.core.config import load_params, parse_params
+from dcganlab.core.errors import ParamsError
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,7 @@ def test_a_killed_stage_leaves_a_temp_folder_the_next_run_removes_unless_its_wri
 
 def test_atomic_files_left_by_a_dead_writer_are_removed_not_a_live_ones(tmp_path):
     """The single-file outputs (model.pt, extractor .pt, eval JSON...) are written the same way."""
-    from dcganlab.atomic import write_json
+    from dcganlab.core.atomic import write_json
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -214,7 +214,7 @@ def test_a_huge_value_is_quoted_short_on_one_line(tmp_path, key, value):
 
 def test_an_unreadable_subfolder_of_a_folder_dataset_is_listed_as_ignored(tmp_path, monkeypatch):
     """chmod 000, and as root (who reads it anyway) os.walk's listing fails as it would for a user."""
-    from dcganlab.sources import fetch
+    from dcganlab.data.sources import fetch
 
     src = tmp_path / "photos"
     (src / "locked").mkdir(parents=True)

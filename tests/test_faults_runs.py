@@ -14,9 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-
 from conftest import copy_project, prepare_project, tiny_params, train_through_a_lost_tracking_server
-from dcganlab import paths
+
+from dcganlab.core import paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -29,7 +29,7 @@ def stall(*args, **kwargs):
     marker.write_text(str(os.getpid()))
     time.sleep(600)
 if hook == "train_step":
-    import dcganlab.train as t
+    import dcganlab.training.loop as t
     t.train_step = stall
 elif hook == "log_metrics":
     import mlflow
@@ -91,8 +91,8 @@ def _runs(root: Path) -> list:
 
 
 def _with_extractor(p):
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
 
     data = load_processed(paths.processed_dir(p.root, "digits"))
     train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
@@ -129,7 +129,7 @@ def test_a_second_start_exits_1_naming_the_holder_and_a_killed_holders_lock_is_t
 def test_under_torchrun_rank_0_takes_the_lock_and_a_refusal_stops_every_rank(prepared):
     from test_distributed import _torchrun
 
-    from dcganlab.locks import experiment_lock
+    from dcganlab.core.locks import experiment_lock
 
     with experiment_lock(prepared.root, "tiny", "train"):  # this test process is the holder
         t0 = time.monotonic()
@@ -170,10 +170,10 @@ def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_p
 
 # ---------------------------------------------------------------- item 4: runs deleted in the UI
 def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evaluate(tmp_path, capsys):
-    from dcganlab.config import load_params
-    from dcganlab.evaluate import evaluate
-    from dcganlab.resilience import image_steps
-    from dcganlab.train import train
+    from dcganlab.core.config import load_params
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
+    from dcganlab.training.resilience import image_steps
 
     p = _with_extractor(prepare_project(tmp_path))
     train(p, "tiny", progress=False)
@@ -210,8 +210,8 @@ def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evalu
 
 # ---------------------------------------------------------------- item 6: state a fault left behind
 def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_dataset_once(tmp_path, monkeypatch):
-    from dcganlab.resilience import image_steps
-    from dcganlab.tracking import dvc_dir_md5
+    from dcganlab.core.tracking import dvc_dir_md5
+    from dcganlab.training.resilience import image_steps
 
     def grid_on_disk():  # the epoch's grid was saved before its logging failed
         assert (paths.state_dir(tmp_path, "tiny") / "grids" / "epoch_0002.png").is_file()
@@ -230,7 +230,7 @@ def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_datase
 
 @pytest.mark.slow
 def test_sigkill_in_evaluates_mlflow_phase_leaves_no_running_run_after_the_next_start(tmp_path):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     p = _with_extractor(prepare_project(tmp_path))
     train(p, "tiny", progress=False)

@@ -18,7 +18,6 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-
 from conftest import TINY_EXPERIMENT, free_port, prepare_project, stop_group, tiny_params, wait_http
 from test_mlflow_models import _env, _post, _run_id, _uri
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import parse_params
-from dcganlab.errors import UserError
-from dcganlab.sources import fetch
+from dcganlab.core.config import parse_params
+from dcganlab.core.errors import UserError
+from dcganlab.data.sources import fetch
 
 
 def _dataset(**overrides):
@@ -107,7 +107,7 @@ def _idx_folder(folder, n=5):
 
 
 def _no_download(monkeypatch):
-    import dcganlab.sources as sources
+    import dcganlab.data.sources as sources
 
     def refuse(*args, **kwargs):
         raise AssertionError("downloaded although datasets.<name>.path is set")
@@ -115,7 +115,7 @@ def _no_download(monkeypatch):
 
 
 def test_path_reads_the_users_official_files_checks_them_and_never_downloads(tmp_path, monkeypatch):
-    import dcganlab.sources as sources
+    import dcganlab.data.sources as sources
 
     _no_download(monkeypatch)
     folder = _idx_folder(tmp_path / "mine")
@@ -154,7 +154,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed here")
 def test_debians_fashion_mnist_package_is_the_official_content():
-    from dcganlab.sources import OFFICIAL_MD5, content_md5, verify_official
+    from dcganlab.data.sources import OFFICIAL_MD5, content_md5, verify_official
 
     verify_official("fashion-mnist", DEBIAN)  # its .gz files differ from the official .gz bytes, not in content
     assert {p.name.removesuffix(".gz") for p in DEBIAN.glob("*-ubyte.gz")} == set(OFFICIAL_MD5["fashion-mnist"])

@@ -13,13 +13,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import free_port, prepare_project, stop_group, tiny_params, wait_http
-from dcganlab import distributed, paths
-from dcganlab.accel import resolve
-from dcganlab.resilience import GracefulStop
-from dcganlab.train import Trainer, load_model, pick_device, train, train_step
-from dcganlab.variants import VARIANTS
+
+from dcganlab.core import paths
+from dcganlab.gan.modelfile import load_model
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training import distributed
+from dcganlab.training.accel import resolve
+from dcganlab.training.loop import Trainer, train
+from dcganlab.training.resilience import GracefulStop
+from dcganlab.training.step import StepNets, pick_device, train_step
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh runs these)")]
@@ -32,7 +35,7 @@ def _set_up(p, name: str = "tiny") -> Trainer:
 
 
 def _reload(p):
-    from dcganlab.config import load_params
+    from dcganlab.core.config import load_params
 
     return load_params(p.root / "params.yaml")
 
@@ -99,7 +102,7 @@ def test_fp16_loss_scale_is_saved_in_the_checkpoint_and_resumed(tmp_path, device
 @pytest.mark.parametrize("name,half,fp32", [("NVIDIA H100 80GB HBM3", 989.4, 66.9), ("NVIDIA H100 PCIe", 756.0, 51.2),
                                             ("NVIDIA H200", 989.4, 66.9), ("NVIDIA A100-SXM4-40GB", 312.0, 19.5)])
 def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, half, fp32):
-    from dcganlab.bench_gpu import peak_tflops
+    from dcganlab.bench.gpu import peak_tflops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
     peaks = peak_tflops("cuda")
@@ -108,7 +111,7 @@ def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, hal
 
 
 def test_an_unknown_gpu_has_no_peak_and_says_so(monkeypatch):
-    from dcganlab.bench_gpu import peak_tflops
+    from dcganlab.bench.gpu import peak_tflops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Imaginary GPU 9000")
     peaks = peak_tflops("cuda:0")
@@ -121,9 +124,9 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
     not a measurement): every precision setting's rate and MFU, and the classic-loop comparison."""
     from dataclasses import asdict, replace
 
-    from dcganlab.bench import GPU
-    from dcganlab.bench_classic import Setting
-    from dcganlab.bench_gpu import PRECISIONS, bench_gpu, table
+    from dcganlab.bench.bench import GPU
+    from dcganlab.bench.classic import Setting
+    from dcganlab.bench.gpu import PRECISIONS, bench_gpu, table
 
     s = replace(GPU, warmup=1, steps=1, repeats=1, process_images=64)
     few = {"half+channels_last": PRECISIONS["half+channels_last"]}  # one: each is a process; compiling takes minutes
@@ -171,7 +174,7 @@ def test_gpu_check_help_names_every_option():
 
 
 def test_gpu_check_judges_quality_by_the_reports_noise_rule():
-    from dcganlab.gpu_check import quality
+    from dcganlab.bench.gpu_check import quality
 
     cpu = {"epochs": 30, "fid": 5.9, "kid": 0.069, "kid_std": 0.056}
     close = quality({"epochs": 30, "fid": 6.4, "kid": 0.09, "kid_std": 0.05}, cpu)
@@ -220,7 +223,7 @@ def test_a_cuda_training_step_for_every_variant(variant):
     real = torch.rand(6, c, size, size, device="cuda") * 2 - 1
     labels = torch.randint(k, (6,), device="cuda") if k else None
     scaler = accel.scaler()
-    out = train_step(G, D, opt_g, opt_d, e, real, labels, k, accel, scaler if scaler.is_enabled() else None)
+    out = train_step(StepNets(G, D, opt_g, opt_d, scaler), e, real, labels, k, accel)
     assert out.device.type == "cuda" and torch.isfinite(out).all()
     skipped = scaler.is_enabled() and scaler.get_scale() < 65536.0  # fp16: an overflowing first step is skipped
     assert skipped or any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
@@ -289,8 +292,8 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, capsys, first, then)
 def test_inception_extractor_on_the_gpu_gives_the_cpus_features(tmp_path, monkeypatch):
     from test_evaluate import _random_inception_weights
 
-    from dcganlab.evaluate import fid_kid_features
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
+    from dcganlab.evaluation.metrics import fid_kid_features
 
     _exact_fp32(monkeypatch)
     weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)  # torch-fidelity's file format
@@ -311,8 +314,8 @@ def test_fid_on_gpu_features_matches_the_cpus(digit_features, monkeypatch):
     """The domain extractor on the GPU: the same FID/KID as on the CPU, within float tolerance."""
     import copy
 
-    from dcganlab.evaluate import fid_kid_features
-    from dcganlab.extractor import embed
+    from dcganlab.evaluation.extractor import embed
+    from dcganlab.evaluation.metrics import fid_kid_features
 
     _exact_fp32(monkeypatch)
     net = digit_features.net

@@ -13,18 +13,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_params
+from hostile import EXPECTED, GRADIENT16, astronaut, build_hostile
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params
 from dcganlab.cli import app
-from dcganlab.config import parse_params
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings, detect_largest_face
-from dcganlab.images import load_rgb
-from dcganlab.prepare import prepare
-from dcganlab.sources import fetch
-from hostile import EXPECTED, GRADIENT16, astronaut, build_hostile
+from dcganlab.core.config import parse_params
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings, detect_largest_face
+from dcganlab.data.images import load_rgb
+from dcganlab.data.prepare import prepare
+from dcganlab.data.sources import fetch
 
 DETECT, PLAIN = 0, 1
 IGNORED = {k for k, v in EXPECTED.items() if v[0] == "ignored"}
@@ -198,7 +198,7 @@ class _DiesWhenUnpickled:
 
 
 def test_a_worker_that_dies_is_a_clear_error_not_a_hang(hostile):
-    from dcganlab.prepare import process_all
+    from dcganlab.data.prepare import process_all
 
     with pytest.raises(UserError, match="a worker process died"):
         process_all([hostile / "astronaut.jpg"] * 4, _DiesWhenUnpickled(), workers=2)
@@ -209,7 +209,7 @@ def test_16_bit_colour_turns_like_pillow(tmp_path, orientation):
     """The OpenCV path for 16-bit colour applies EXIF orientation itself: same as Pillow's."""
     from PIL import ImageOps
 
-    from dcganlab.images import _UPRIGHT
+    from dcganlab.data.images import _UPRIGHT
 
     pixels = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     exif = Image.Exif()
@@ -253,8 +253,7 @@ def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monke
     """No read permission, or gone since the scan (root ignores chmod, so the copy is made to fail)."""
     import shutil
 
-    from dcganlab import sources
-
+    from dcganlab.data import sources
     src = tmp_path / "photos"
     src.mkdir()
     for name in ("a.png", "b.png", "c.png"):

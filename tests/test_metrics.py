@@ -4,10 +4,17 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from dcganlab.evaluate import fid_kid
-from dcganlab.extractor import embed, predict_classes
-from dcganlab.metrics import (class_histogram, density_coverage, linear_probe, mean_pairwise_ssim, mode_coverage,
-                              per_class_accuracy, precision_recall)
+from dcganlab.evaluation.extractor import embed, predict_classes
+from dcganlab.evaluation.metrics import (
+    class_histogram,
+    density_coverage,
+    linear_probe,
+    mean_pairwise_ssim,
+    mode_coverage,
+    per_class_accuracy,
+    precision_recall,
+)
+from dcganlab.evaluation.reference import fid_kid
 
 
 def _fid(d, real, other):

@@ -12,10 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from conftest import free_port, prepare_project, stop_group, tiny_params, wait_http
-from dcganlab import paths
-from dcganlab.tracking import EXPERIMENT_KIND
+
+from dcganlab.core import paths
+from dcganlab.core.tracking import EXPERIMENT_KIND
 
 KIND_KEY, KIND = EXPERIMENT_KIND
 
@@ -55,7 +55,8 @@ def project(tmp_path_factory):
 
 def _predictions(root: Path, name: str, z: np.ndarray, labels: np.ndarray | None = None) -> tuple:
     """(pyfunc output, the project's own generator output) for the same latents."""
-    from dcganlab.train import generate, load_model
+    from dcganlab.gan.modelfile import load_model
+    from dcganlab.gan.sampling import generate
 
     mlflow.set_tracking_uri(_uri(root))
     model = mlflow.pyfunc.load_model(f"runs:/{_run_id(root, name)}/generator")
@@ -109,7 +110,7 @@ def test_logging_and_loading_print_no_warning_and_the_model_carries_its_code(pro
 
 
 def test_every_training_registers_one_version_and_a_rerun_registers_none(project, capsys):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     p, _ = project
     client = mlflow.MlflowClient(_uri(p.root))
@@ -127,9 +128,9 @@ def test_every_training_registers_one_version_and_a_rerun_registers_none(project
 
 
 def test_evaluate_tags_the_model_version_with_its_quality(project):
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
 
     p, _ = project
     data = load_processed(paths.processed_dir(p.root, "digits"))
@@ -142,7 +143,7 @@ def test_evaluate_tags_the_model_version_with_its_quality(project):
 
 
 def test_experiments_carry_the_kind_the_ui_opens_on_training_runs(project):
-    from dcganlab.tracking import _experiment_id, connect
+    from dcganlab.core.tracking import _experiment_id, connect
 
     p, _ = project
     assert KIND == "custom_model_development"  # the UI's "Machine learning" kind

@@ -7,15 +7,15 @@ import os
 
 import pandas as pd
 import pytest
+from conftest import tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings
-from dcganlab.prepare import prepare
+from dcganlab.core import paths
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings
+from dcganlab.data.prepare import prepare
 
 
 def _raw(tmp_path, files):

@@ -3,8 +3,8 @@ import json
 import sys
 
 import pytest
-
-from conftest import copy_project, run_cmd as _run
+from conftest import copy_project
+from conftest import run_cmd as _run
 
 
 @pytest.mark.slow

@@ -8,15 +8,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dcganlab.cli import app
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings, process_image, square_box
-from dcganlab.prepare import prepare, prepare_folder
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings, process_image, square_box
+from dcganlab.data.prepare import prepare, prepare_folder
 
 
 def test_haar_finds_real_faces_and_rejects_nonfaces(tmp_path):
     """All 200 LFW-subset images: recall on the 100 faces, false positives on the 100 others."""
-    from dcganlab.config import DatasetParams
-    from dcganlab.sources import fetch
+    from dcganlab.core.config import DatasetParams
+    from dcganlab.data.sources import fetch
 
     raw = tmp_path / "raw"
     fetch(DatasetParams(source="lfw-subset"), raw, tmp_path / "dl")
@@ -51,7 +51,7 @@ def test_exif_rotation_is_honoured(tmp_path):
     arr, status, _ = process_image(tmp_path / "rot.jpg", CropSettings(image_size=20, channels=1, detect_faces=False))
     assert status == "kept"
     # displayed upright the image is 20 wide x 40 tall, white on top
-    from dcganlab.images import load_rgb
+    from dcganlab.data.images import load_rgb
 
     upright = load_rgb(tmp_path / "rot.jpg")
     assert upright.shape[:2] == (40, 20)
@@ -113,7 +113,7 @@ def test_faces_command_on_missing_folder_is_one_line(tmp_path):
 
 def test_prepare_workers_give_the_same_result(tmp_path, face_photos):
     files = sorted(p for p in face_photos.iterdir())
-    from dcganlab.prepare import process_all
+    from dcganlab.data.prepare import process_all
 
     one = process_all(files, CropSettings(image_size=32), workers=1)
     two = process_all(files, CropSettings(image_size=32), workers=2)

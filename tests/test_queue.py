@@ -10,13 +10,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import git_project, prepare_project, run_cmd, tiny_params, write_params
-from dcganlab import paths
-from dcganlab.config import load_params
-from dcganlab.tracking import belongs, dvc_tags, existing_run, project_root, training_run
-from dcganlab.train import train
 from test_team import mlflow_server  # noqa: F401  (fixture: `mlflow server` on loopback)
+
+from dcganlab.core import paths
+from dcganlab.core.config import load_params
+from dcganlab.core.tracking import belongs, dvc_tags, existing_run, project_root, training_run
+from dcganlab.training.loop import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DVC = [sys.executable, "-m", "dvc"]
@@ -138,8 +138,8 @@ def test_one_mlflow_run_per_dvc_experiment(tmp_path, monkeypatch):
 RACER = """
 import sys, time
 from pathlib import Path
-from dcganlab.config import load_params
-from dcganlab.tracking import connect, _dataset_experiment
+from dcganlab.core.config import load_params
+from dcganlab.core.tracking import connect, _dataset_experiment
 p = load_params(Path(sys.argv[1]))
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts at the same moment
 tracked = connect(p)

@@ -7,14 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_EXPERIMENT, tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_EXPERIMENT, tiny_params, write_params
-from dcganlab import paths
-from dcganlab.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
 from dcganlab.cli import app
-from dcganlab.report import COLUMNS, flatten
+from dcganlab.core import paths
+from dcganlab.evaluation.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
+from dcganlab.core.flat import flatten
+from dcganlab.stages.report import COLUMNS
 
 VARIANT = {"digits-dcgan": "dcgan", "digits-cgan": "cgan", "digits-upsample": "upsample-gan",
            "faces-face-dcgan": "face-dcgan", "faces-cartoon": "cartoon-128"}
@@ -109,7 +110,7 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
 
 
 def test_generator_choice_names_the_final_and_the_best_epoch(tmp_path):
-    from dcganlab.report import generator_choice, read_quality
+    from dcganlab.stages.report import generator_choice, read_quality
 
     quality_csv(tmp_path / "q.csv", [90, 40, 10, 15, 10])  # a tie: the earliest of equals is best
     assert generator_choice(read_quality(tmp_path / "q.csv")) == {

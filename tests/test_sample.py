@@ -9,12 +9,20 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.config import ExperimentParams
-from dcganlab.figures import GAP, TITLE_H, _rows_by_class, closest_epochs, filter_grid, latent_arithmetic, progression
-from dcganlab.train import build_networks
-from dcganlab.variants import VARIANTS
+from dcganlab.core import paths
+from dcganlab.core.config import ExperimentParams
+from dcganlab.evaluation.figures import (
+    GAP,
+    TITLE_H,
+    _rows_by_class,
+    closest_epochs,
+    filter_grid,
+    latent_arithmetic,
+    progression,
+)
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import build_networks
 
 
 # ---------------------------------------------------------------- the stage, end to end
@@ -22,9 +30,11 @@ from dcganlab.variants import VARIANTS
 def trained_two(prepared):
     """The tiny project with a 2-epoch dcgan and a 1-epoch cgan, and the digit classifier."""
     from conftest import TINY_EXPERIMENT, tiny_params, write_params
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     raw = tiny_params(**{"experiments.tiny.epochs": 2})
     raw["experiments"]["cond"] = {**TINY_EXPERIMENT, "variant": "cgan"}

@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import prepare_project, tiny_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import prepare_project, tiny_params
-from dcganlab import paths
 from dcganlab.cli import app
+from dcganlab.core import paths
 
 SAME = ("fid", "kid", "precision", "recall", "density", "coverage", "diversity_ssim", "n_fake", "n_real")
 
@@ -20,9 +20,10 @@ SAME = ("fid", "kid", "precision", "recall", "density", "coverage", "diversity_s
 def project(tmp_path_factory):
     """The tiny digits project, trained (1 epoch, generator logged to a private MLflow store) and
     evaluated; and 60 real training digits (N, H, W) uint8, more than evaluate's 40."""
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
 
     root = tmp_path_factory.mktemp("score")
     p = prepare_project(root, tiny_params(**{"train.log_model": True, "tracking.uri": f"sqlite:///{root / 'mlflow.db'}"}))

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port, git_project, run_cmd, stop_group, tiny_params, wait_http, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import free_port, git_project, run_cmd, stop_group, tiny_params, wait_http, write_params
 from dcganlab.cli import app
 
 

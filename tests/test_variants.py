@@ -2,17 +2,17 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_params
 from torch import nn
 
-from conftest import tiny_params
-from dcganlab.config import ExperimentParams, parse_params
-from dcganlab.errors import ParamsError
-from dcganlab.models.cartoon import Smooth
-from dcganlab.models.resnet import ResidualBlock
-from dcganlab.presets import PRESETS, overrides
-from dcganlab.sample import nice_samples
-from dcganlab.train import build_networks, feature_matching, train_step
-from dcganlab.variants import VARIANTS
+from dcganlab.core.config import ExperimentParams, parse_params
+from dcganlab.core.errors import ParamsError
+from dcganlab.gan.models.cartoon import Smooth
+from dcganlab.gan.models.resnet import ResidualBlock
+from dcganlab.gan.presets import PRESETS, overrides
+from dcganlab.gan.sampling import nice_samples
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import StepNets, build_networks, feature_matching, train_step
 
 TINY = {  # variant -> (channels, size, extra experiment settings)
     "dcgan": (3, 16, {}),
@@ -42,7 +42,7 @@ def test_one_step_changes_both_networks_with_finite_losses(variant):
     before_d = [p.detach().clone() for p in D.parameters()]
     real = torch.rand(6, c, size, size) * 2 - 1
     labels = torch.arange(6) % k if k else None
-    stats = train_step(G, D, opt_g, opt_d, e, real, labels, k)
+    stats = train_step(StepNets(G, D, opt_g, opt_d), e, real, labels, k)
     assert torch.isfinite(stats).all()
     assert any(not torch.equal(a, b) for a, b in zip(before_g, G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, D.parameters()))
@@ -63,7 +63,7 @@ def test_cgan_class_head_learns_real_digits_and_labels_reach_the_generator():
     ce = []
     for _ in range(15):
         ce.append(nn.functional.cross_entropy(D(imgs).class_logits, labels).item())
-        train_step(G, D, opt_g, opt_d, e, imgs, labels, 10)
+        train_step(StepNets(G, D, opt_g, opt_d), e, imgs, labels, 10)
     assert D(imgs).class_logits.shape == (64, 10)
     assert np.mean(ce[-3:]) < 0.8 * np.mean(ce[:3])
     G.eval()
@@ -254,21 +254,21 @@ def test_cartoon_preset_and_its_ablation_at_128_differ_only_in_smoothing_and_fea
 
 
 def test_cgan_trains_through_the_loop_and_draws_the_requested_digit(prepared, tmp_path):
+    from conftest import write_params
     from typer.testing import CliRunner
 
-    from conftest import write_params
     from dcganlab.cli import app
-    from dcganlab.config import load_params
-    from dcganlab.sample import sample
-    from dcganlab.train import train
+    from dcganlab.core.config import load_params
+    from dcganlab.stages.sample import run as sample
+    from dcganlab.training.loop import train
 
     raw = tiny_params(**{"experiments.tiny.variant": "cgan", "experiments.tiny.lr_g": 1e-3})
     write_params(prepared.root, raw)
     params = load_params(prepared.root / "params.yaml")
     train(params, "tiny", progress=False)
-    from dcganlab import paths
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.core import paths
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
 
     data = load_processed(paths.processed_dir(params.root, "digits"))  # the sample stage's arithmetic needs it
     train_extractor(data, params.extractor, params.seed, paths.extractor_path(params.root, "digits"), "digits")

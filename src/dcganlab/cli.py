@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import typer
 
-from dcganlab.errors import UserError, quote
+from dcganlab.core.errors import UserError, quote
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, sample, evaluate and compare the DCGAN family (DVC stages + MLflow tracking).")
@@ -28,8 +28,7 @@ StageOpt = typer.Option(False, "--dvc-stage", help="take the name from $DVC_STAG
 def _run(work: Callable[[], object], share_cpu: str = "") -> None:
     """`work()`, with bad input as one line and an exit code. `share_cpu`: a stage that computes
     with torch takes only its share of the cores (cpu_share.py) before it starts."""
-    from dcganlab import cpu_share
-
+    from dcganlab.core import cpu_share
     try:
         with cpu_share.claimed(share_cpu) if share_cpu else contextlib.nullcontext():
             work()
@@ -52,7 +51,7 @@ def _names(chosen: Optional[str], available: dict, kind: str) -> list[str]:
     if chosen is None:
         return list(available)
     if chosen not in available:
-        from dcganlab.config import listing
+        from dcganlab.core.config import listing
 
         raise UserError(f"unknown {kind} {quote(chosen)} (params.yaml has: {listing(available)})")
     return [chosen]
@@ -78,8 +77,8 @@ def _chosen(command: str, given: Optional[str], from_stage: bool) -> Optional[st
 
 
 def _params(path: Path):
-    from dcganlab import cpu_share
-    from dcganlab.config import load_params
+    from dcganlab.core import cpu_share
+    from dcganlab.core.config import load_params
 
     p = load_params(path)
     cpu_share.fix(p.train.threads)  # a stage sharing the CPU: train.threads > 0 fixes its thread count
@@ -93,14 +92,14 @@ def fetch(dataset: Optional[str] = typer.Argument(None, help="dataset name in pa
     data/raw/<name>/images/ and data/raw/<name>/manifest.csv (file, label, source, checksum).
     Download sources cache archives in data/downloads/."""
     def work():
-        from dcganlab import paths
-        from dcganlab.sources import fetch as fetch_stage
+        from dcganlab.core import paths
+        from dcganlab.stages import fetch as stage
 
         chosen = _chosen("fetch", dataset, from_stage)
         p = _params(params)
         for name in _names(chosen, p.datasets, "dataset"):
-            m = fetch_stage(p.datasets[name], paths.raw_dir(p.root, name), paths.downloads_dir(p.root), p.root)
-            typer.echo(f"fetch {name}: {len(m)} images -> {paths.raw_dir(p.root, name)}")
+            manifest = stage.run(p, name)
+            typer.echo(f"fetch {name}: {len(manifest)} images -> {paths.raw_dir(p.root, name)}")
     _run(work)
 
 
@@ -111,16 +110,13 @@ def prepare(dataset: Optional[str] = typer.Argument(None, help="dataset name in 
     writes data/processed/<name>/ (images.npy N x C x H x W uint8, labels.npy, split.npy,
     manifest.csv with a status per input file, stats.json)."""
     def work():
-        from dcganlab import paths
-        from dcganlab.faces import CropSettings
-        from dcganlab.prepare import prepare as prepare_stage
+        from dcganlab.core import paths
+        from dcganlab.stages import prepare as stage
 
         chosen = _chosen("prepare", dataset, from_stage)
         p = _params(params)
         for name in _names(chosen, p.datasets, "dataset"):
-            ds = p.datasets[name]
-            stats = prepare_stage(paths.raw_dir(p.root, name), paths.processed_dir(p.root, name),
-                                  CropSettings.from_dataset(ds), ds.test_fraction, p.seed, ds.workers)
+            stats = stage.run(p, name)
             typer.echo(f"prepare {name}: kept {stats['kept']} of {stats['images_in']} "
                        f"(discarded: {stats['discarded'] or 'none'}) -> {paths.processed_dir(p.root, name)}")
     _run(work)
@@ -139,17 +135,17 @@ def faces(src: Path = typer.Argument(..., help="folder of photos, searched recur
     (file, status: kept/no_face/too_small/too_large/empty/not_an_image/truncated/unreadable/ignored,
     reason, crop) and OUT/stats.json (counts by status, ignored entries by reason)."""
     def work():
-        from dcganlab.faces import CropSettings
-        from dcganlab.prepare import prepare_folder
+        from dcganlab.data.faces import CropSettings
+        from dcganlab.data.prepare import prepare_folder
 
         if size < 8 or channels not in (1, 3) or workers < 1:
             raise UserError("--size must be >= 8, --channels 1 or 3, --workers >= 1")
         if not 0.0 <= margin <= 2.0 or min_face_size < 1:  # the same ranges as params.yaml's
             raise UserError("--margin must be in 0..2, --min-face-size >= 1")
-        s = CropSettings(image_size=size, channels=channels, margin=margin, min_face_size=min_face_size)
-        m = prepare_folder(src, out, s, workers)
-        counts = m["status"].value_counts().to_dict()
-        typer.echo(f"faces: {counts.get('kept', 0)} of {len(m)} kept ({counts}) -> {out}")
+        crop = CropSettings(image_size=size, channels=channels, margin=margin, min_face_size=min_face_size)
+        manifest = prepare_folder(src, out, crop, workers)
+        counts = manifest["status"].value_counts().to_dict()
+        typer.echo(f"faces: {counts.get('kept', 0)} of {len(manifest)} kept ({counts}) -> {out}")
     _run(work)
 
 
@@ -161,28 +157,22 @@ def extractor(dataset: Optional[str] = typer.Argument(None, help="dataset name (
     `extractor`, `evaluate.pr_k`, `evaluate.kid_subset_size`; writes models/extractors/<name>.pt,
     .json (kind, feature size, test accuracy or error, training seconds) and .calibration.json."""
     def work():
-        from dcganlab import paths
-        from dcganlab.extractor import describe, load_extractor, train_extractor
-        from dcganlab.train import load_processed
+        from dcganlab.evaluation.extractor import describe
+        from dcganlab.stages import extractor as stage
 
         chosen = _chosen("extractor", dataset, from_stage)
         p = _params(params)
         for name in _names(chosen, p.datasets, "dataset"):
-            data = load_processed(paths.processed_dir(p.root, name))
-            info = train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, name), name)
+            info, table, out = stage.run(p, name)
             typer.echo(f"extractor {name}: {describe(info)} ({info['train_seconds']:.0f} s)")
-            _calibrate(p, name, load_extractor(paths.extractor_path(p.root, name))[0], info, data)
+            _say_calibrated(name, table, out)
     _run(work, share_cpu="extractor")
 
 
-def _calibrate(p, name: str, net, info: dict, data: dict) -> None:
-    from dcganlab.calibration import calibrate, write_calibration
-
-    table = calibrate(net, info, data, p.evaluate.pr_k, p.evaluate.kid_subset_size, p.seed, batch=p.evaluate.batch_size)
-    out = write_calibration(p.root, name, table)
-    c = table["checks"]
+def _say_calibrated(name: str, table: dict, out: Path) -> None:
+    checks = table["checks"]
     typer.echo(f"calibration {name} ({table['seconds']:.0f} s): {table['headline']}; min Spearman "
-               f"{c['spearman_min']:.2f} ({c['spearman_min_family']}) -> {out}")
+               f"{checks['spearman_min']:.2f} ({checks['spearman_min_family']}) -> {out}")
 
 
 @app.command()
@@ -193,14 +183,11 @@ def calibrate(dataset: Optional[str] = typer.Argument(None, help="dataset name (
     disturbed at increasing levels (noise, blur, black squares, swirl, salt-and-pepper, a faint
     checkerboard; fewer classes for labelled data). Writes models/extractors/<name>.calibration.json."""
     def work():
-        from dcganlab import paths
-        from dcganlab.extractor import load_extractor
-        from dcganlab.train import load_processed
+        from dcganlab.stages import calibrate as stage
 
         p = _params(params)
         for name in _names(dataset, p.datasets, "dataset"):
-            net, info = load_extractor(paths.extractor_path(p.root, name))
-            _calibrate(p, name, net, info, load_processed(paths.processed_dir(p.root, name)))
+            _say_calibrated(name, *stage.run(p, name))
     _run(work, share_cpu="calibrate")
 
 
@@ -212,15 +199,16 @@ def train(experiment: Optional[str] = typer.Argument(None, help="experiment name
     models/<exp>/model.pt, models/<exp>/train/ (checkpoint, per-epoch generators and
     grids), reports/<exp>/losses.csv and train.json; logs an MLflow run."""
     def work():
-        from dcganlab.train import train as train_stage
+        from dcganlab.stages import train as stage
 
         chosen = _chosen("train", experiment, from_stage)
         p = _params(params)
         for name in _names(chosen, p.experiments, "experiment"):
-            s = train_stage(p, name)
-            if not s:  # a torchrun process other than rank 0: rank 0 reports
+            summary = stage.run(p, name)
+            if not summary:  # a torchrun process other than rank 0: rank 0 reports
                 continue
-            typer.echo(f"train {name}: {s['epochs']} epochs, {s['images_per_s']:.0f} img/s, {s['train_wall_s']:.0f} s")
+            typer.echo(f"train {name}: {summary['epochs']} epochs, {summary['images_per_s']:.0f} img/s, "
+                       f"{summary['train_wall_s']:.0f} s")
     _run(work, share_cpu="train")
 
 
@@ -238,8 +226,8 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
     d_filters.png (first discriminator layer), figures.json (what they show). With --label,
     writes only --out (default reports/<exp>/label_<label>.png)."""
     def work():
-        from dcganlab import paths
-        from dcganlab.sample import draw_label, sample as sample_stage
+        from dcganlab.core import paths
+        from dcganlab.stages import sample as stage
 
         chosen = _chosen("sample", experiment, from_stage)
         p = _params(params)
@@ -247,11 +235,11 @@ def sample(experiment: Optional[str] = typer.Argument(None, help="experiment nam
             if chosen is None:
                 raise UserError("--label needs an experiment name")
             p.experiment(chosen)
-            path = draw_label(p, chosen, label, num, out or paths.report_dir(p.root, chosen) / f"label_{label}.png")
+            path = stage.draw_label(p, chosen, label, num, out or paths.report_dir(p.root, chosen) / f"label_{label}.png")
             typer.echo(f"sample {chosen}: {num} x '{label}' -> {path}")
             return
         for name in _names(chosen, p.experiments, "experiment"):
-            files = sample_stage(p, name)
+            files = stage.run(p, name)
             typer.echo(f"sample {name}: {', '.join(files.values())}")
     _run(work, share_cpu="sample")
 
@@ -265,12 +253,12 @@ def evaluate(experiment: Optional[str] = typer.Argument(None, help="experiment n
     present (`evaluate.inception_weights`); writes reports/eval/<exp>.json (each number with
     extractor, counts and split)."""
     def work():
-        from dcganlab.evaluate import evaluate as evaluate_stage
+        from dcganlab.stages import evaluate as stage
 
         chosen = _chosen("evaluate", experiment, from_stage)
         p = _params(params)
         for name in _names(chosen, p.experiments, "experiment"):
-            m = evaluate_stage(p, name)
+            m = stage.run(p, name)
             typer.echo(f"evaluate {name}: FID {m['fid']:.3f} KID {m['kid']:.4f} (floor FID {m['fid_real_floor']}; "
                        f"{m['extractor']}; {m['n_fake']} fake vs {m['n_real']} real {m['reference_split']}); "
                        f"coverage {m['coverage']:.3f} (floor {m['coverage_real_floor']}) density {m['density']:.3f} "
@@ -291,11 +279,11 @@ def score(dataset: str = typer.Argument(..., help="dataset name in params.yaml: 
     def work():
         import json
 
-        from dcganlab.atomic import write_json
-        from dcganlab.score import score as score_images
+        from dcganlab.core.atomic import write_json
+        from dcganlab.stages import score as stage
 
         p = _params(params)
-        m = score_images(p, dataset, images)
+        m = stage.run(p, dataset, images)
         if out is None:
             typer.echo(json.dumps(m, indent=2))
         else:
@@ -314,12 +302,13 @@ def quality(experiment: Optional[str] = typer.Argument(None, help="experiment na
     data/processed/<dataset>/; writes reports/quality/<exp>.csv (epoch, wall_s, fid, kid,
     n_fake, n_real) and MLflow metrics fid_curve/kid_curve by epoch."""
     def work():
-        from dcganlab.quality import quality as quality_stage, quality_path
+        from dcganlab.core.paths import quality_path
+        from dcganlab.stages import quality as stage
 
         chosen = _chosen("quality", experiment, from_stage)
         p = _params(params)
         for name in _names(chosen, p.experiments, "experiment"):
-            table = quality_stage(p, name)
+            table = stage.run(p, name)
             last = table.iloc[-1]
             typer.echo(f"quality {name}: {len(table)} epochs, last FID {last['fid']:.3f} "
                        f"({int(last['n_fake'])} vs {int(last['n_real'])} images) -> {quality_path(p.root, name)}")
@@ -333,10 +322,10 @@ def report(params: Path = ParamsOpt) -> None:
     reports/metrics.json (DVC metrics), reports/figures/ (FID vs epoch and wall-clock),
     reports/summary.md and reports/summary.html (self-contained, images inline)."""
     def work():
-        from dcganlab.report import report as report_stage
+        from dcganlab.stages import report as stage
 
         p = _params(params)
-        metrics = report_stage(p)
+        metrics = stage.run(p)
         typer.echo(f"report: {len(metrics)} experiments -> {p.root / 'reports' / 'summary.md'}, summary.html")
     _run(work)
 
@@ -366,7 +355,8 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
     def work():
         from dataclasses import replace
 
-        from dcganlab.bench import GPU, LONG, QUICK, bench as bench_stage, table
+        from dcganlab.bench.bench import GPU, LONG, QUICK, table
+        from dcganlab.bench.bench import bench as bench_stage
 
         chosen = {k: v for k, v in dict(steps=steps, warmup=warmup, photos=photos, eval_samples=eval_samples,
                                         process_images=process_images).items() if v is not None}
@@ -379,28 +369,29 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
             if not 0 <= share_threads <= 1024:
                 raise UserError("--share-threads must be in 0..1024")
             chosen["share_threads"] = share_threads
-        s = replace(LONG if long else GPU if gpu else QUICK, **chosen)
+        settings = replace(LONG if long else GPU if gpu else QUICK, **chosen)
         p = _params(params)
         if gpu:
-            from dcganlab.bench_gpu import bench_gpu, table as gpu_table
+            from dcganlab.bench.gpu import bench_gpu
+            from dcganlab.bench.gpu import table as gpu_table
 
-            r = bench_gpu(p, s, out, log=lambda m: typer.echo(m, err=True))
-            typer.echo(gpu_table(r))
-            typer.echo(f"bench --gpu: {r['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench-gpu.json'}")
+            result = bench_gpu(p, settings, out, log=lambda m: typer.echo(m, err=True))
+            typer.echo(gpu_table(result))
+            typer.echo(f"bench --gpu: {result['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench-gpu.json'}")
             return
-        r = bench_stage(p, s, experiment or None, out, log=lambda m: typer.echo(m, err=True))
-        typer.echo(table(r))
-        typer.echo(f"bench: {r['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench.json'}")
+        result = bench_stage(p, settings, experiment or None, out, log=lambda m: typer.echo(m, err=True))
+        typer.echo(table(result))
+        typer.echo(f"bench: {result['wall_s']:.0f} s -> {out or p.root / 'reports' / 'bench.json'}")
     _run(work)
 
 
 @app.command()
 def variants() -> None:
     """List the architecture variants."""
-    from dcganlab.variants import VARIANTS
+    from dcganlab.gan.variants import VARIANTS
 
-    for v in VARIANTS.values():
-        typer.echo(f"{v.name:14s} {v.description} (sizes: {v.size_text})")
+    for variant in VARIANTS.values():
+        typer.echo(f"{variant.name:14s} {variant.description} (sizes: {variant.size_text})")
 
 
 @app.command()
@@ -415,12 +406,12 @@ def preset(name: Optional[str] = typer.Argument(None, help="preset name (default
     `dvc exp run $(dcganlab preset NAME)`; a further `-S key=value` after it changes any key.
     Writes nothing."""
     def work():
-        from dcganlab.presets import DATASETS, PRESETS, overrides
+        from dcganlab.gan.presets import DATASETS, PRESETS, overrides
 
         if name is None:
             width = max(map(len, PRESETS))
-            for key, p in PRESETS.items():
-                typer.echo(f"{key:{width}s} {p.description}")
+            for key, recipe in PRESETS.items():
+                typer.echo(f"{key:{width}s} {recipe.description}")
             typer.echo(f"datasets (--dataset): {', '.join(DATASETS)}")
             return
         if name not in PRESETS:
@@ -444,7 +435,7 @@ def ui(params: Path = ParamsOpt,
     link that opens it on its training runs (MLflow 3.17's UI opens on its GenAI view unless the
     link says workflowType=machine_learning). With a tracking server configured, prints its links."""
     def work():
-        from dcganlab.tracking import ui_command, ui_links
+        from dcganlab.core.tracking import ui_command, ui_links
 
         p = _params(params)
         command, base = ui_command(p, host, port)
