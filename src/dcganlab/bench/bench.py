@@ -170,35 +170,35 @@ def _rates(seconds: list[float], steps: int, batch: int) -> dict:
 
 def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, profile: bool,
               speed: tuple[str, str, bool] | None = None) -> dict:
-    """train.py's epoch body: uint8 on the device, index + scale per batch, train_step, one sync.
+    """The training loop's own pieces (training/loop.py): its Batches (uint8 on the device, index +
+    scale per batch), its Nets (accel, compile) and its batch_step, one sync per repeat.
     `speed`: (amp, channels_last, compile) instead of params' train settings (bench_gpu's grid)."""
     import torch
 
+    from dcganlab.data.processed import load_processed
+    from dcganlab.gan.modelfile import ModelSpec
+    from dcganlab.gan.variants import VARIANTS
     from dcganlab.training.accel import resolve
-    from dcganlab.training.step import StepNets, train_step
+    from dcganlab.training.distributed import World
+    from dcganlab.training.loop import Batches, Nets, batch_step
 
-    e, images, labels, k, G, D, opt_g, opt_d = _setup(params, name, Path(folder), device)
-    t = params.train
-    amp, channels_last, compile_ = speed or (t.amp, t.channels_last, False)
-    accel = resolve(amp, channels_last, compile_, torch.device(device), e.variant)  # as train.py runs it
-    G, D = accel.prepare(G), accel.prepare(D)
-    step_G, step_D = (torch.compile(G), torch.compile(D)) if accel.compile else (G, D)  # as train.Nets does
-    scaler = accel.scaler()
-    x = torch.from_numpy(images).to(device)
-    y = torch.from_numpy(labels).to(device)
-    n, batch = len(x), min(e.batch_size, len(x))
-    per_epoch = n // batch
+    e, settings, world = params.experiment(name), params.train, World()
+    data = load_processed(Path(folder))
+    k = len(data["stats"]["classes"]) if VARIANTS[e.variant].conditional else 0
+    amp, channels_last, compile_ = speed or (settings.amp, settings.channels_last, False)
+    accel = resolve(amp, channels_last, compile_, torch.device(device), e.variant)  # as the loop resolves it
+    batches = Batches.of(data, k, e, world, device)
+    spec = ModelSpec(e, int(batches.images.shape[1]), int(batches.images.shape[2]), k)
+    nets = Nets.build(spec, accel, world, device, params.seed + e.seed_offset)
     order = torch.Generator().manual_seed(params.seed)
     perm = None
 
     def one(j: int) -> torch.Tensor:
         nonlocal perm
-        i = j % per_epoch
+        i = j % batches.steps
         if i == 0:
-            perm = torch.randperm(n, generator=order).to(device)
-        idx = perm[i * batch: (i + 1) * batch]
-        real = x[idx].float().div_(127.5).sub_(1.0)
-        return train_step(StepNets(step_G, step_D, opt_g, opt_d, scaler), e, real, y[idx] if k else None, k, accel)
+            perm = torch.randperm(len(batches.images), generator=order).to(device)
+        return batch_step(batches, nets, e, accel, perm, i, world)
 
     def run(steps: int) -> float:
         sums = torch.zeros(4, device=device)
@@ -210,24 +210,26 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
 
     run(s.warmup)
     seconds = [run(s.steps) for _ in range(s.repeats)]
+    batch = batches.global_batch
     out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
-           "image_size": int(x.shape[-1]), "channels": int(x.shape[1]), "steps": s.steps, "amp": accel.amp,
+           "image_size": spec.size, "channels": spec.channels, "steps": s.steps, "amp": accel.amp,
            "channels_last": accel.channels_last, "compile": accel.compile,
            **_rates(seconds, s.steps, batch)}
     if device.startswith("cuda"):
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         out["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     if profile:
-        out["profile"] = _profile(G, D, opt_g, opt_d, one, s.profile_steps, device)
+        out["profile"] = _profile(nets, one, s.profile_steps, device)
     return out
 
 
-def _profile(G, D, opt_g, opt_d, one, steps: int, device: str) -> dict:
+def _profile(nets, one, steps: int, device: str) -> dict:
     """Wall time of `steps` loop steps split into forward (G, D), backward, optimizer (step +
     zero_grad) and other (batch indexing and scaling, noise, loss arithmetic, stats, Python).
     Timed with hooks: exact on the CPU, where every op is synchronous."""
     import torch
 
+    G, D, opt_g, opt_d = nets.G, nets.D, nets.opt_g, nets.opt_d
     spent = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     starts: dict[int, float] = {}

@@ -29,42 +29,7 @@ from dcganlab.core.tracking import existing_run
 from dcganlab.evaluation.extractor import load_extractor
 from dcganlab.evaluation.figures import filter_grid, latent_arithmetic, progression
 from dcganlab.gan.modelfile import load_model
-from dcganlab.gan.sampling import generate, sample_noise, to_grid
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between rows of a and b at fractions t: (P, Z), (P, Z), (S,) -> (P, S, Z)."""
-    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
-    omega = torch.acos((an * bn).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]
-    t = t[None, :, None]
-    return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / torch.sin(omega)
-
-
-def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
-    t = torch.linspace(0, 1, steps)
-    if spherical:
-        return slerp(a, b, t).reshape(-1, a.shape[1])
-    return (a[:, None] * (1 - t[None, :, None]) + b[:, None] * t[None, :, None]).reshape(-1, a.shape[1])
-
-
-def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
-    """0, 1, ..., K-1, 0, 1, ... (None for unconditional models)."""
-    return torch.arange(n) % num_classes if num_classes else None
-
-
-@torch.no_grad()
-def nice_samples(G, D, n: int, z_dim: int, noise: str, factor: int = 20, gen: torch.Generator | None = None,
-                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw factor * n samples, score each with D, keep the n highest-scoring (best first).
-
-    Returns (images, scores). Unlike the published Keras code, which always kept the same
-    index, every candidate is scored and the top n are kept."""
-    z = sample_noise(factor * n, z_dim, noise, "cpu", gen)
-    cand_labels = None if labels is None else labels.repeat(factor)
-    images = generate(G, z, cand_labels)
-    scores = torch.cat([D(images[i: i + 256]).logit for i in range(0, len(images), 256)])
-    top = scores.argsort(descending=True)[:n]
-    return images[top], scores[top]
+from dcganlab.gan.sampling import balanced_labels, generate, interpolate, nice_samples, sample_noise, to_grid
 
 
 def draw_label(params: Params, name: str, label: str, num: int, out: Path) -> Path:
@@ -93,20 +58,20 @@ def _sample(params: Params, name: str) -> dict:
     G, D, meta = load_model(paths.model_path(root, name))
     e, k = meta["experiment"], meta["num_classes"]
     gen = torch.Generator().manual_seed(params.seed + 100)
-    s = params.sample
+    settings = params.sample
     out = paths.samples_dir(root, name)
     written = {}
 
-    z = sample_noise(s.num, e.z_dim, e.noise, "cpu", gen)
-    written["grid"] = to_grid(generate(G, z, balanced_labels(s.num, k)), nrow=math.ceil(math.sqrt(s.num)))
-    a = sample_noise(s.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
-    b = sample_noise(s.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
-    z_path = interpolate(a, b, s.interpolation_steps, e.noise == "normal")
-    path_labels = None if not k else (torch.arange(s.interpolation_pairs) % k).repeat_interleave(s.interpolation_steps)
-    written["interpolation"] = to_grid(generate(G, z_path, path_labels), nrow=s.interpolation_steps)
+    z = sample_noise(settings.num, e.z_dim, e.noise, "cpu", gen)
+    written["grid"] = to_grid(generate(G, z, balanced_labels(settings.num, k)), nrow=math.ceil(math.sqrt(settings.num)))
+    a = sample_noise(settings.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
+    b = sample_noise(settings.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
+    z_path = interpolate(a, b, settings.interpolation_steps, e.noise == "normal")
+    path_labels = None if not k else (torch.arange(settings.interpolation_pairs) % k).repeat_interleave(settings.interpolation_steps)
+    written["interpolation"] = to_grid(generate(G, z_path, path_labels), nrow=settings.interpolation_steps)
     if D is not None:
-        nice, _ = nice_samples(G, D, s.num, e.z_dim, e.noise, 20, gen, balanced_labels(s.num, k))
-        written["nice"] = to_grid(nice, nrow=math.ceil(math.sqrt(s.num)))
+        nice, _ = nice_samples(G, D, settings.num, e.z_dim, e.noise, 20, gen, balanced_labels(settings.num, k))
+        written["nice"] = to_grid(nice, nrow=math.ceil(math.sqrt(settings.num)))
         written["d_filters"] = filter_grid(D)
     if k:  # one row per class, 8 samples each
         z = sample_noise(8, e.z_dim, e.noise, "cpu", gen).repeat(k, 1)
@@ -117,7 +82,7 @@ def _sample(params: Params, name: str) -> dict:
     classifier = extractor if info["kind"] == "classifier" else None
     classes = info["classes"] if classifier is not None else meta["classes"]
     written["arithmetic"], arithmetic = latent_arithmetic(
-        G, e.z_dim, e.noise, k, classifier, classes, s.arithmetic_pool, s.arithmetic_mean_of, s.arithmetic_rows,
+        G, e.z_dim, e.noise, k, classifier, classes, settings.arithmetic_pool, settings.arithmetic_mean_of, settings.arithmetic_rows,
         torch.Generator().manual_seed(params.seed + 400))
     written["progression"], epochs = progression(paths.grids_dir(paths.state_dir(root, name)))
     described = {"arithmetic": arithmetic, "progression_epochs": epochs}  # what the figures show, for the report

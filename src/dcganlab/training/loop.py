@@ -183,6 +183,14 @@ class Nets:
         return StepNets(self.step_G, self.step_D, self.opt_g, self.opt_d, self.scaler)
 
 
+def batch_step(batches: Batches, nets: Nets, experiment: ExperimentParams, accel: Accel, perm: torch.Tensor, i: int,
+               world: distributed.World) -> torch.Tensor:
+    """Batch `i` of the epoch order `perm` through one GAN update: the loop's step (and what
+    `dcganlab bench` times). Returns [loss_d, loss_g, D(x), D(G(z))] on the device."""
+    real, labels = batches.take(perm, i, world)
+    return train_step(nets.step_nets(), experiment, real, labels, batches.num_classes, accel)
+
+
 # ---------------------------------------------------------------- the run's state and steps
 @dataclass
 class Trainer:
@@ -336,8 +344,7 @@ class Trainer:
 
     def update(self, epoch: int, i: int) -> int:
         """One GAN update on batch `i`; its losses stay on the device (summed, watched). Returns the global step."""
-        real, labels = self.batches.take(self.position.perm, i, self.world)
-        out = train_step(self.nets.step_nets(), self.experiment, real, labels, self.batches.num_classes, self.accel)
+        out = batch_step(self.batches, self.nets, self.experiment, self.accel, self.position.perm, i, self.world)
         self.position.sums += out
         global_step = (epoch - 1) * self.steps + i + 1
         self.monitor.update(out, global_step)
