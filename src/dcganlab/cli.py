@@ -344,7 +344,7 @@ def bench(long: bool = typer.Option(False, "--long", help="10x the steps, 4x the
                                                       "torch's default, oversubscribed)"),
           out: Optional[Path] = typer.Option(None, "--out", help="default: reports/bench.json (--gpu: reports/bench-gpu.json)"),
           gpu: bool = typer.Option(False, "--gpu", help="the GPU check's bench instead: each precision setting's img/s, "
-                                   "MFU and peak memory, and ours vs the classic loop at its setting (bench_gpu.py)"),
+                                   "MFU and peak memory, and ours vs the classic loop at its setting (bench/gpu.py)"),
           params: Path = ParamsOpt) -> None:
     """Throughput and peak memory of training (every experiment, and our loop vs a classic
     ImageFolder + DataLoader loop), one step's overhead, whole-process `dcganlab train` vs the

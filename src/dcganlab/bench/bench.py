@@ -1,7 +1,7 @@
 """bench: how fast each hot path runs, side by side, in one command -> reports/bench.json.
 
 - training images/s of every experiment in params.yaml (its variant at its own settings),
-  through the same update as train.py: uint8 batch on the device -> train_step, one sync;
+  through the training loop's own Batches, Nets and batch_step: uint8 batch on the device -> train_step, one sync;
 - the baseline DCGAN through our loop vs the classic loop (torchvision ImageFolder over
   PNG files, PIL decode + transforms per step, DataLoader with 2 workers, `.item()` per step)
   with the same model, batch and optimizer -> `train_speedup_vs_reference`;
@@ -49,7 +49,7 @@ class BenchSettings:
     repeats: int = 5           # timed training repeats; the median one is reported (robust to a busy machine)
     process_repeats: int = 3   # whole-process runs of each side per setting (alternating; median; 0 = skip)
     process_images: int = 2048  # real digits each whole-process run trains one epoch on
-    share_epochs: int = 8      # sharing the CPU (bench_share.py): epochs of those digits per training (0 = skip)
+    share_epochs: int = 8      # sharing the CPU (bench/share.py): epochs of those digits per training (0 = skip)
     share_threads: int = 0     # train.threads of those trainings: 0 the share; the core count was torch's default
 
 
@@ -323,7 +323,7 @@ def _face_settings(params: Params) -> DatasetParams:
 
 # ---------------------------------------------------------------- evaluate
 def _evaluate_rate(params: Params, name: str, folder: str, n: int) -> dict:
-    """generate n samples + FID/KID vs n real + the real-vs-real floor, as evaluate.py does."""
+    """generate n samples + FID/KID vs n real + the real-vs-real floor, as the evaluate stage does."""
     import torch
 
     from dcganlab.data.processed import load_processed

@@ -168,7 +168,7 @@ def run_once(side: str, cmd: list[str], root: Path) -> dict:
 # ---------------------------------------------------------------- FLOPs and the CPU's peak
 def flops_per_image(params_file: Path, accel_on: bool = True) -> dict:
     """FLOPs of one training step of the setting's experiment (G and D forward + backward, as
-    train.py runs it), counted by torch.utils.flop_counter, per image."""
+    the training loop runs it), counted by torch.utils.flop_counter, per image."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -270,7 +270,7 @@ def _run_tags(params: Params, experiment: str, dataset: str, variant: str, previ
 def training_run(params: Params, experiment: str, dataset: str, variant: str, state: Path) -> Iterator:
     """Start the experiment's run, or continue it when the state dir holds its id (resume) and
     the run `belongs` here. A DVC experiment resuming its baseline's checkpoint (raised `epochs`)
-    starts its own run instead, tagged `continued_from` (train.py back-fills the history)."""
+    starts its own run instead, tagged `continued_from` (the training loop back-fills the history)."""
     mlflow = connect(params)
     run_id, saved = _saved_run(mlflow, state)
     replaces = {}

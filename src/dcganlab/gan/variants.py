@@ -4,7 +4,7 @@ A variant is a recipe: its networks, the sizes they can produce, its weight init
 optimizer, and what it needs from the data. The hyperparameters (learning rates, label
 smoothing, noise, feature matching, decay, flips) are the experiment's params.yaml entries,
 and the paper settings of each variant are named presets (presets.py). The one training
-loop in train.py runs every variant.
+loop (training/loop.py) runs every variant.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stops, health checks and checkpoints of the training loop (train.py).
+"""Stops, health checks and checkpoints of the training loop (training/loop.py).
 
 - GracefulStop: SIGTERM / Ctrl-C only set a flag; the loop checkpoints and raises Interrupted.
 - Monitor: non-finite losses and discriminator collapse, tracked on the device (no per-step sync).

@@ -1,7 +1,7 @@
 """The 128x128 cartoon-face DCGAN: the DCGAN generator (one more upsampling layer than at
 64x64) whose output passes a Gaussian filter and a stride-1 average pool, both fixed,
 size-preserving and differentiable, for smoother images. The discriminator is the DCGAN
-one; its features feed the generator's feature-matching loss (see train.py)."""
+one; its features feed the generator's feature-matching loss (see training/step.py)."""
 from __future__ import annotations
 
 import torch
