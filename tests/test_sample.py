@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from dcganlab.cli import app
 from dcganlab.core import paths
-from dcganlab.core.config import ExperimentParams
+from dcganlab.core.config import ExperimentParams, SampleParams
 from dcganlab.evaluation.figures import (
     GAP,
     TITLE_H,
@@ -119,9 +119,13 @@ def test_rows_by_class_takes_confident_latents_of_the_right_classes():
         assert row["expected"] == a
 
 
+def _arith(pool: int, mean_of: int, rows: int) -> SampleParams:
+    return SampleParams(arithmetic_pool=pool, arithmetic_mean_of=mean_of, arithmetic_rows=rows)
+
+
 def test_arithmetic_with_a_classifier_on_a_linear_generator_gets_every_analogy_right():
     net = BucketClassifier([-0.8, 0.0, 0.8])
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], 600, 3, 3,
+    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], _arith(600, 3, 3),
                                     torch.Generator().manual_seed(0))
     assert info["mode"] == "class" and len(info["rows"]) == 3
     assert info["agreement"] == 1.0 and all(r["got"] == r["expected"] for r in info["rows"])
@@ -129,14 +133,14 @@ def test_arithmetic_with_a_classifier_on_a_linear_generator_gets_every_analogy_r
 
 
 def test_arithmetic_without_labels_uses_brightness_and_says_so():
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, None, [], 60, 3, 2, torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, None, [], _arith(60, 3, 2), torch.Generator().manual_seed(0))
     assert info["mode"] == "brightness" and "brightness" in info["note"] and len(info["rows"]) == 2
     assert all(r["value_result"] > r["value_C"] for r in info["rows"]) and info["agreement"] == 1.0
 
 
 def test_arithmetic_skips_with_the_reason_when_one_class_dominates():
     net = BucketClassifier([0.0, 50.0])  # every image (pixels in [-1, 1]) is nearest 0: one class only
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["x", "y"], 30, 3, 2, torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["x", "y"], _arith(30, 3, 2), torch.Generator().manual_seed(0))
     assert "the arithmetic needs two" in info["skipped"] and info["rows"] == [] and image.width > 0
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from dcganlab.core import paths
+from dcganlab.core.config import SampleParams
 from dcganlab.core.files import load_image, restore
 from dcganlab.gan.sampling import generate, sample_noise, to_grid
 
@@ -144,8 +145,10 @@ def _rows_by_value(z, value, m: int, rows: int, num_classes: int, words: tuple[s
 
 @torch.no_grad()
 def latent_arithmetic(G, z_dim: int, noise: str, num_classes: int, classifier, classes: list[str],
-                      pool: int, mean_of: int, rows: int, gen: torch.Generator) -> tuple[Image.Image, dict]:
-    """The arithmetic figure and its description (kinds, verdict per row)."""
+                      settings: SampleParams, gen: torch.Generator) -> tuple[Image.Image, dict]:
+    """The arithmetic figure and its description (kinds, verdict per row); `settings`: its
+    arithmetic_pool (latents drawn), arithmetic_mean_of (latents per kind), arithmetic_rows."""
+    pool, mean_of, rows = settings.arithmetic_pool, settings.arithmetic_mean_of, settings.arithmetic_rows
     z = sample_noise(pool, z_dim, noise, "cpu", gen)
     if classifier is not None and not num_classes:
         mode = "class"

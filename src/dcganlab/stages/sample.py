@@ -82,8 +82,7 @@ def _sample(params: Params, name: str) -> dict:
     classifier = extractor if info["kind"] == "classifier" else None
     classes = info["classes"] if classifier is not None else meta["classes"]
     written["arithmetic"], arithmetic = latent_arithmetic(
-        G, e.z_dim, e.noise, k, classifier, classes, settings.arithmetic_pool, settings.arithmetic_mean_of, settings.arithmetic_rows,
-        torch.Generator().manual_seed(params.seed + 400))
+        G, e.z_dim, e.noise, k, classifier, classes, settings, torch.Generator().manual_seed(params.seed + 400))
     written["progression"], epochs = progression(paths.grids_dir(paths.state_dir(root, name)))
     described = {"arithmetic": arithmetic, "progression_epochs": epochs}  # what the figures show, for the report
 
