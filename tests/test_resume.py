@@ -292,4 +292,4 @@ def test_every_torch_load_in_src_is_weights_only():
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
     # and the check sees the calls it should (an empty scan would pass vacuously)
-    assert "weights_only=True" in (SRC / "dcganlab/files.py").read_text()
+    assert "weights_only=True" in (SRC / "dcganlab/core/files.py").read_text()

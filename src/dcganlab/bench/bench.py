@@ -278,15 +278,15 @@ def _profile(nets, one, steps: int, device: str) -> dict:
 
 def _reference_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, workers: int) -> dict:
     """classic_loop.py on the same networks, batch and optimizers as our loop."""
-    from dcganlab.bench.classic_loop import classic_seconds
+    from dcganlab.bench.classic_loop import Timing, classic_seconds
 
     e, images, labels, k, G, D, opt_g, opt_d = _setup(params, name, Path(folder), device)
     if k:
         raise UserError(f"the reference loop is the unconditional DCGAN; '{name}' is conditional")
     batch = min(e.batch_size, len(images))
     need = min(len(images), (s.warmup + s.steps * s.repeats) * batch)  # PNG files: enough for one pass
-    seconds = classic_seconds(G, D, opt_g, opt_d, e, images[:need], labels[:need], device, batch,
-                              s.warmup, s.steps, s.repeats, workers)
+    timing = Timing(batch, s.warmup, s.steps, s.repeats, workers)
+    seconds = classic_seconds((G, D, opt_g, opt_d), e, images[:need], labels[:need], device, timing)
     return {"experiment": name, "batch_size": batch, "steps": s.steps, "loader_workers": workers,
             **_rates(seconds, s.steps, batch), "png_files": int(need)}
 

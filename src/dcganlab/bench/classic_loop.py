@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,13 @@ def classic_transform(channels: int, size: int):
         transforms.Normalize([0.5] * channels, [0.5] * channels)])
 
 
-def classic_update(G, D, opt_g, opt_d, real: torch.Tensor, z_dim: int, criterion,
-                   real_label: float = 1.0, fake_label: float = 0.0) -> tuple:
+def classic_update(nets: tuple, real: torch.Tensor, z_dim: int, criterion,
+                   targets: tuple[float, float] = (1.0, 0.0)) -> tuple:
     """One GAN update as main.py writes it, D(x) and D(G(z)) read back with `.item()` each step.
+    `nets`: (G, D, opt_g, opt_d); `targets`: the real and fake labels.
     Returns (err_d, err_g, D(x), D(G(z)) before the D step, D(G(z)) after it, as a tensor)."""
+    G, D, opt_g, opt_d = nets
+    real_label, fake_label = targets
     b = real.size(0)
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
     D.zero_grad()
@@ -64,10 +68,20 @@ def classic_update(G, D, opt_g, opt_d, real: torch.Tensor, z_dim: int, criterion
     return err_d, err_g, d_x, d_g_z1, out.detach().sigmoid().mean()
 
 
-def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarray, device, batch: int,
-                    warmup: int, steps: int, repeats: int = 1, workers: int = 2) -> list[float]:
-    """Seconds of each of `repeats` runs of `steps` classic updates, after `warmup` untimed
-    ones (unconditional G, D)."""
+@dataclass(frozen=True)
+class Timing:
+    """How `classic_seconds` times the loop: `repeats` runs of `steps` updates of `batch` images
+    after `warmup` untimed ones, the DataLoader with `workers` processes."""
+
+    batch: int
+    warmup: int
+    steps: int
+    repeats: int = 1
+    workers: int = 2
+
+
+def classic_seconds(nets: tuple, e, images: np.ndarray, labels: np.ndarray, device, timing: Timing) -> list[float]:
+    """Seconds of each timed run of classic updates (unconditional G, D; `nets`: G, D, opt_g, opt_d)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets
 
@@ -75,8 +89,8 @@ def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarra
     tmp = Path(tempfile.mkdtemp(prefix="dcganlab-classic-"))
     try:
         write_image_folder(images, labels, tmp)
-        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=classic_transform(c, size)), batch_size=batch,
-                            shuffle=True, num_workers=workers, drop_last=True)
+        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=classic_transform(c, size)),
+                            batch_size=timing.batch, shuffle=True, num_workers=timing.workers, drop_last=True)
         criterion = torch.nn.BCEWithLogitsLoss()
         it = iter(loader)
 
@@ -87,15 +101,15 @@ def classic_seconds(G, D, opt_g, opt_d, e, images: np.ndarray, labels: np.ndarra
                 try:
                     data, _ = next(it)
                 except StopIteration:  # next epoch
-                    it = iter(loader)
+                    it = iter(loader)  # noqa: F821 (a false positive: `loader` is the enclosing function's)
                     data, _ = next(it)
-                err_d, err_g, _, _, _ = classic_update(G, D, opt_g, opt_d, data.to(device), e.z_dim, criterion,
-                                                       e.real_label, e.fake_label)
+                err_d, err_g, _, _, _ = classic_update(nets, data.to(device), e.z_dim, criterion,
+                                                       (e.real_label, e.fake_label))
                 _ = (err_d.item(), err_g.item())  # what the classic loop prints
             return time.perf_counter() - t0
 
-        run(warmup)
-        seconds = [run(steps) for _ in range(repeats)]
+        run(timing.warmup)
+        seconds = [run(timing.steps) for _ in range(timing.repeats)]
         del it, loader  # stop the loader workers before the folder goes
         return seconds
     finally:
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         t_loop = time.perf_counter()
         for i, (data, _) in enumerate(loader):
             real, b = data, data.size(0)
-            err_d, err_g, d_x, d_g_z1, d_g_z2 = classic_update(netG, netD, optG, optD, real, a.nz, criterion)
+            err_d, err_g, d_x, d_g_z1, d_g_z2 = classic_update((netG, netD, optG, optD), real, a.nz, criterion)
             images += b
             print(f"[{epoch}/{a.niter}][{i}/{len(loader)}] Loss_D: {err_d.item():.4f} Loss_G: {err_g.item():.4f} "
                   f"D(x): {d_x:.4f} D(G(z)): {d_g_z1:.4f} / {d_g_z2.item():.4f}")
