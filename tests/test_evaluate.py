@@ -89,10 +89,8 @@ SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "ex
 def _mlflow_metrics(root, name):
     import mlflow
 
-    from dcganlab.core.tracking import run_file
-
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    run_id = json.loads(run_file(paths.state_dir(root, name)).read_text())["run_id"]
+    run_id = json.loads(paths.run_file(paths.state_dir(root, name)).read_text())["run_id"]
     return mlflow.MlflowClient(), run_id
 
 
@@ -261,7 +259,7 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
     import pandas as pd
 
     from dcganlab.core.tracking import EPOCH_TAG
-    from dcganlab.evaluation.curves import best_epoch, saved_generators
+    from dcganlab.evaluation.curves import best_epoch
     from dcganlab.stages.quality import _crown_champion
 
     p, client = logged
@@ -271,7 +269,7 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
     crowned = client.get_model_version_by_alias("tiny", "champion")
     assert crowned.tags.get(EPOCH_TAG, "3") == str(best_epoch(table))  # no tag: the final version (epoch 3)
 
-    files = saved_generators(paths.state_dir(p.root, "tiny"))
+    files = paths.saved_epochs(paths.generators_dir(paths.state_dir(p.root, "tiny")))
     assert sorted(files) == [1, 2, 3]
     z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     # the curve says epoch 1 is best: its generator becomes a version with alias champion

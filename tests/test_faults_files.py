@@ -169,11 +169,11 @@ def test_damaged_mlflow_model_weights_name_the_file_when_served(built, tmp_path,
     """What `mlflow models serve` and pyfunc.load_model call: load_context on the logged weights."""
     from dcganlab.core.errors import UserError
     from dcganlab.gan import serving
-    from dcganlab.gan.modelfile import load_model
+    from dcganlab.gan.modelfile import ModelSpec, load_model, model_blob
 
     G, _, meta = load_model(built / "models/tiny/model.pt")
     weights = tmp_path / "weights.pt"
-    torch.save(serving.generator_blob(G, meta["experiment"], meta["channels"], meta["image_size"], 0), weights)
+    torch.save(model_blob(ModelSpec.of(meta), G), weights)
     model = serving.GeneratorModel()
     model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}, model_config={}))  # intact: it loads
     damage(weights, how)

@@ -91,12 +91,12 @@ def test_fp16_loss_scale_is_saved_in_the_checkpoint_and_resumed(tmp_path, device
     ckpt["scaler"]["scale"] = 1024.0  # a scale no fresh scaler has
     torch.save(ckpt, ckpt_path)
     run = _set_up(_reload(p))
-    assert run.st.resumed and run.nets.scaler.is_enabled()
+    assert run.position.resumed and run.nets.scaler.is_enabled()
     assert run.nets.scaler.get_scale() == 1024.0
     del ckpt["scaler"]  # a checkpoint from before the scaler was saved
     torch.save(ckpt, ckpt_path)
     run = _set_up(_reload(p))
-    assert run.st.resumed and run.nets.scaler.get_scale() == 65536.0
+    assert run.position.resumed and run.nets.scaler.get_scale() == 65536.0
 
 
 @pytest.mark.parametrize("name,half,fp32", [("NVIDIA H100 80GB HBM3", 989.4, 66.9), ("NVIDIA H100 PCIe", 756.0, 51.2),
