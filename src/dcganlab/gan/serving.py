@@ -2,10 +2,11 @@
 
 MLflow runs this file when it loads the logged model (`mlflow.pyfunc.load_model`,
 `mlflow models serve`): nothing is cloudpickled. The weights travel as an artifact (a plain
-tensor dict, read with `torch.load(weights_only=True)` by files.py) and the dcganlab package as the
-model's `code_paths`, so any Python with the logged requirements can rebuild the generator.
-Only torch, numpy, pyyaml, files.py and the network definitions are imported here, which keeps the
-model's requirements short (see `requirements`).
+tensor dict in the one model-file format (modelfile.py), read with `torch.load(weights_only=True)`
+by core/files.py) and the dcganlab package as the model's `code_paths`, so any Python with the
+logged requirements can rebuild the generator. Only torch, numpy, pyyaml, core/files.py and
+modelfile.py (the params dataclasses, the variant table, the networks) are imported here, which
+keeps the model's requirements short (see `requirements`).
 
 Input: z, float32 (N, z_dim), as an array or {"z": ...}; conditional generators also take
 {"labels": int64 (N,)}. Output: images, float32 (N, C, H, W) in [-1, 1].
