@@ -296,8 +296,8 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
 
 @pytest.mark.parametrize("robust_from, expected", [(0, True), (16, True), (17, False)])
 def test_the_extractor_low_passes_images_from_robust_from_and_records_it(tmp_path, robust_from, expected):
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import load_extractor, train_extractor
+    from dcganlab.core.config import ExtractorParams
+    from dcganlab.evaluation.extractor import load_extractor, train_extractor
 
     rng = np.random.default_rng(0)
     data = {"images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8), "labels": np.arange(40) % 2,

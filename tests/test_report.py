@@ -271,7 +271,7 @@ def test_without_kid_std_the_real_floor_is_the_noise_scale():
 
 
 def test_the_cartoon_claim_says_whether_its_pair_is_a_clean_ablation():
-    from dcganlab.presets import PRESETS
+    from dcganlab.gan.presets import PRESETS
 
     full, plain = (PRESETS[n].entries()[1] for n in ("cartoon-128", "cartoon-128-ablation"))
     x = ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=1.0)
