@@ -189,7 +189,9 @@ def dvc_baseline(tmp_path_factory):
 def copy_project(src: Path, dest: Path) -> Path:
     """A private copy of a project (git history and DVC cache included, DVC's tmp/ state left out).
     Its MLflow experiments still keep their artifacts under `src`."""
-    skip_dvc_tmp = lambda folder, names: ["tmp"] if Path(folder) == src / ".dvc" else []  # state db, locks
+    def skip_dvc_tmp(folder, names):  # its state db and locks
+        return ["tmp"] if Path(folder) == src / ".dvc" else []
+
     shutil.copytree(src, dest, symlinks=True, ignore=skip_dvc_tmp)
     return dest
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from dcganlab.cli import app
 from dcganlab.core import paths
-from dcganlab.evaluation.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
 from dcganlab.core.flat import flatten
+from dcganlab.evaluation.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
 from dcganlab.stages.report import COLUMNS
 
 VARIANT = {"digits-dcgan": "dcgan", "digits-cgan": "cgan", "digits-upsample": "upsample-gan",
@@ -288,13 +288,17 @@ def test_conditional_probe_ranked_and_plausible_claims():
     def one(name, text, **m):
         return claim_verdict({name: ev(name, **m)}, text)[0]
 
-    ca = lambda mean: {"per_class": {str(i): mean for i in range(10)}, "mean": mean, "n_per_class": 50,  # noqa: E731
-                       "classifier_test_accuracy": 0.95}
+    def ca(mean):
+        return {"per_class": {str(i): mean for i in range(10)}, "mean": mean, "n_per_class": 50,
+                "classifier_test_accuracy": 0.95}
+
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.9)) == SUPPORTS
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.11)) == REFUTES  # chance is 0.1
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.5)) == INCONCLUSIVE
-    lp = lambda d, p: {"d_features": d, "pixels": p, "train_n": 400, "eval_n": 400, "train_split": "train",  # noqa: E731
-                       "eval_split": "test"}
+    def lp(d, p):
+        return {"d_features": d, "pixels": p, "train_n": 400, "eval_n": 400, "train_split": "train",
+                "eval_split": "test"}
+
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.95, 0.85)) == SUPPORTS
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.75, 0.85)) == REFUTES
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.86, 0.85)) == INCONCLUSIVE

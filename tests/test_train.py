@@ -186,8 +186,8 @@ def test_freezing_d_for_gs_update_changes_no_bit_of_either_network(variant, monk
     after three steps both networks are bit for bit what they are without the shortcut."""
     import contextlib
 
-    from dcganlab.training import step as step_module
     from dcganlab.gan.variants import VARIANTS
+    from dcganlab.training import step as step_module
     from dcganlab.training.step import StepNets, build_networks, train_step
 
     def three_steps():

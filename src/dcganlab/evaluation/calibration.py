@@ -29,8 +29,8 @@ import torch
 from dcganlab.core import paths
 from dcganlab.core.atomic import write_json
 from dcganlab.core.errors import UserError
-from dcganlab.evaluation.extractor import describe, embed, to_float
 from dcganlab.core.files import read_json
+from dcganlab.evaluation.extractor import describe, embed, to_float
 from dcganlab.evaluation.metrics import density_coverage, fid_kid_features, precision_recall
 
 MAX_N = 1000                   # images per side (the FID paper's figure uses more; 1000 is evaluate's count)
