@@ -1,5 +1,6 @@
 """The package's import graph, read from the source with `ast` (nothing is imported): what
 tests/test_layers.py checks the layering and dvc.yaml's `deps` against."""
+
 from __future__ import annotations
 
 import ast
@@ -52,8 +53,7 @@ def imports(path: Path, only: tuple[str, ...] | None = None) -> frozenset[str]:
     if only is None:
         nodes = list(ast.walk(tree))
     else:
-        nodes = [n for top in tree.body if isinstance(top, ast.FunctionDef) and top.name in only
-                 for n in ast.walk(top)]
+        nodes = [n for top in tree.body if isinstance(top, ast.FunctionDef) and top.name in only for n in ast.walk(top)]
     return frozenset(t for node in nodes for t in _targets(node, here))
 
 
@@ -80,11 +80,16 @@ def closure(start: set[str]) -> set[Path]:
 def trivial(path: Path) -> bool:
     """A file with nothing but a docstring, `from __future__` and dunder constants (`__version__`):
     no stage's behaviour depends on it."""
+
     def inert(node: ast.stmt) -> bool:
         if isinstance(node, ast.Expr):
             return isinstance(node.value, ast.Constant)
         if isinstance(node, ast.ImportFrom):
             return node.module == "__future__"
-        return (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                and all(isinstance(t, ast.Name) and t.id.startswith("__") for t in node.targets))
+        return (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and all(isinstance(t, ast.Name) and t.id.startswith("__") for t in node.targets)
+        )
+
     return all(inert(node) for node in ast.parse(path.read_text()).body)

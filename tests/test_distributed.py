@@ -3,6 +3,7 @@
 CI has no GPU: the same code paths run here with CPU autocast and the gloo backend, in a real
 `torchrun --nproc_per_node 2` launch.
 """
+
 import os
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def test_auto_is_plain_fp32_on_a_cpu_without_native_bf16():
 
 def test_auto_keeps_fp32_for_variants_bf16_hurts(monkeypatch):
     from dcganlab.training import accel
+
     monkeypatch.setattr(accel, "FP32_VARIANTS", frozenset({"cartoon-128"}))
     assert resolve("auto", "auto", False, torch.device("cpu"), "cartoon-128", native_bf16=True).amp == "off"
     assert resolve("auto", "auto", False, torch.device("cpu"), "dcgan", native_bf16=True).amp == "bf16"
@@ -101,12 +103,30 @@ def test_training_with_autocast_and_channels_last_writes_a_loadable_model(prepar
 
 
 def _torchrun(root: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "dcganlab",
-                           "train", "tiny", "-p", str(root / "params.yaml")],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "dcganlab",
+            "train",
+            "tiny",
+            "-p",
+            str(root / "params.yaml"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -114,6 +134,7 @@ def test_torchrun_two_processes_one_run_rank0_outputs_and_resume(prepared):
     import mlflow
 
     from dcganlab.core import paths
+
     root = prepared.root
     first = _torchrun(root)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -1,4 +1,5 @@
 """extractor, sample, evaluate, report: outputs exist and the metrics measure what they claim."""
+
 import json
 
 import numpy as np
@@ -37,8 +38,12 @@ def test_unlabeled_data_gets_an_autoencoder(tmp_path):
     from dcganlab.evaluation.extractor import train_extractor
 
     rng = np.random.default_rng(0)
-    data = {"images": rng.integers(0, 256, (30, 3, 16, 16)).astype(np.uint8), "labels": np.full(30, -1),
-            "split": (np.arange(30) % 5 == 0).astype(np.uint8), "stats": {"classes": []}}
+    data = {
+        "images": rng.integers(0, 256, (30, 3, 16, 16)).astype(np.uint8),
+        "labels": np.full(30, -1),
+        "split": (np.arange(30) % 5 == 0).astype(np.uint8),
+        "stats": {"classes": []},
+    }
     info = train_extractor(data, ExtractorParams(epochs=1, batch_size=8, features=8), 0, tmp_path / "x.pt", "faces")
     assert info["kind"] == "autoencoder" and info["test_mse"] > 0
 
@@ -78,12 +83,42 @@ def test_domain_net_reports_num_features_to_torchmetrics():
 
 
 # ---------------------------------------------------------------- the full evaluation record
-SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "extractor", "n_fake", "n_real",
-               "reference_split", "images_per_s", "train_wall_s", "epochs", "variant", "dataset",
-               "precision", "recall", "pr_k", "precision_real_floor", "recall_real_floor", "diversity_ssim",
-               "diversity_ssim_real", "ssim_pairs", "class_accuracy", "mode_coverage", "linear_probe",
-               "fid_ranked", "inception", "inception_status", "eval_seconds",
-               "density", "coverage", "prdc_k", "density_real_floor", "coverage_real_floor"}
+SCHEMA_KEYS = {
+    "fid",
+    "kid",
+    "kid_std",
+    "kid_subset_size",
+    "fid_real_floor",
+    "extractor",
+    "n_fake",
+    "n_real",
+    "reference_split",
+    "images_per_s",
+    "train_wall_s",
+    "epochs",
+    "variant",
+    "dataset",
+    "precision",
+    "recall",
+    "pr_k",
+    "precision_real_floor",
+    "recall_real_floor",
+    "diversity_ssim",
+    "diversity_ssim_real",
+    "ssim_pairs",
+    "class_accuracy",
+    "mode_coverage",
+    "linear_probe",
+    "fid_ranked",
+    "inception",
+    "inception_status",
+    "eval_seconds",
+    "density",
+    "coverage",
+    "prdc_k",
+    "density_real_floor",
+    "coverage_real_floor",
+}
 
 
 def _mlflow_metrics(root, name):
@@ -232,8 +267,9 @@ def logged(prepared):
     from dcganlab.training.loop import train
 
     uri = f"sqlite:///{prepared.root / 'mlflow.db'}"
-    write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True,
-                                               "tracking.uri": uri}))
+    write_params(
+        prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True, "tracking.uri": uri})
+    )
     p = load_params(prepared.root / "params.yaml")
     data = load_processed(paths.processed_dir(p.root, "digits"))
     train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
@@ -300,8 +336,12 @@ def test_the_extractor_low_passes_images_from_robust_from_and_records_it(tmp_pat
     from dcganlab.evaluation.extractor import load_extractor, train_extractor
 
     rng = np.random.default_rng(0)
-    data = {"images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8), "labels": np.arange(40) % 2,
-            "split": (np.arange(40) % 5 == 0).astype(np.uint8), "stats": {"classes": ["a", "b"]}}
+    data = {
+        "images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8),
+        "labels": np.arange(40) % 2,
+        "split": (np.arange(40) % 5 == 0).astype(np.uint8),
+        "stats": {"classes": ["a", "b"]},
+    }
     p = ExtractorParams(epochs=1, batch_size=8, features=8, robust_from=robust_from)
     info = train_extractor(data, p, 0, tmp_path / "x.pt", "d")
     net, loaded = load_extractor(tmp_path / "x.pt")

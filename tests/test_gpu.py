@@ -3,6 +3,7 @@
 run everywhere, so CI guards the GPU code path without a GPU: the one-line error for a missing
 GPU, `auto`'s choices for a faked CUDA capability, and the fp16 loss scale in checkpoints.
 """
+
 import json
 import os
 import subprocess
@@ -58,8 +59,14 @@ def test_device_cuda_without_a_gpu_is_a_one_line_error(prepared):
     _set_params(root, **{"train.device": "cuda"})
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine that has one
     env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(root / "params.yaml")],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(root / "params.yaml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert r.stderr.strip() == "error: train.device is 'cuda' but no CUDA device is available"
     assert not paths.model_path(root, "tiny").exists()
@@ -99,8 +106,15 @@ def test_fp16_loss_scale_is_saved_in_the_checkpoint_and_resumed(tmp_path, device
     assert run.position.resumed and run.nets.scaler.get_scale() == 65536.0
 
 
-@pytest.mark.parametrize("name,half,fp32", [("NVIDIA H100 80GB HBM3", 989.4, 66.9), ("NVIDIA H100 PCIe", 756.0, 51.2),
-                                            ("NVIDIA H200", 989.4, 66.9), ("NVIDIA A100-SXM4-40GB", 312.0, 19.5)])
+@pytest.mark.parametrize(
+    "name,half,fp32",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4, 66.9),
+        ("NVIDIA H100 PCIe", 756.0, 51.2),
+        ("NVIDIA H200", 989.4, 66.9),
+        ("NVIDIA A100-SXM4-40GB", 312.0, 19.5),
+    ],
+)
 def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, half, fp32):
     from dcganlab.bench.gpu import peak_tflops
 
@@ -142,7 +156,9 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
         assert (m["amp"], m["channels_last"], m["compile"]) == ("bf16", True, False)
         assert m["images_per_s"] > 0 and m["flops_per_image"] > 0 and 0 < m["mfu"] < 1
         assert m["mfu_against"].startswith("bf16 peak: ")
-    assert r["train"]["classic-setting"]["bf16+channels_last"]["channels"] == 3 and r["reference"]["setting"] == asdict(small)
+    assert r["train"]["classic-setting"]["bf16+channels_last"]["channels"] == 3 and r["reference"]["setting"] == asdict(
+        small
+    )
     assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0 and 0 < r["reference"]["mfu"] < 1
     lines = table(r).splitlines()  # what `dcganlab bench --gpu` prints
     assert lines[0].startswith("device cpu") and len(lines) == 1 + 2 + 2 and "vs classic" in lines[-1]
@@ -152,16 +168,20 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--bogus"], "error: unknown option '--bogus' (see --help)"),
-    (["--out"], "error: --out needs a value (see --help)"),
-    (["--wheels", "/no/such/folder"], "error: --wheels: no folder at /no/such/folder"),
-    (["--epochs", "0"], "error: --epochs must be a positive integer, not '0'"),
-    (["--python", "no-such-python3"], "error: --python: no interpreter 'no-such-python3'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--bogus"], "error: unknown option '--bogus' (see --help)"),
+        (["--out"], "error: --out needs a value (see --help)"),
+        (["--wheels", "/no/such/folder"], "error: --wheels: no folder at /no/such/folder"),
+        (["--epochs", "0"], "error: --epochs must be a positive integer, not '0'"),
+        (["--python", "no-such-python3"], "error: --python: no interpreter 'no-such-python3'"),
+    ],
+)
 def test_gpu_check_rejects_bad_options_in_one_line(tmp_path, args, message):
-    r = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=30
+    )
     assert (r.returncode, r.stderr.strip(), r.stdout) == (2, message, "")
     assert not (tmp_path / "out").exists()
 
@@ -193,14 +213,23 @@ def test_gpu_check_cpu_only_runs_its_steps_and_skips_the_gpu_ones(tmp_path):
     if not (venv / "bin" / "python").is_file():
         pytest.skip("not running from a venv")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: this checks the CPU-only path
-    r = subprocess.run(["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     status = {s["name"]: s["status"] for s in result["steps"]}
-    assert status == {"install": "passed", "tests marked gpu": "passed", "bench --gpu": "skipped",
-                      "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
-                      "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
+    assert status == {
+        "install": "passed",
+        "tests marked gpu": "passed",
+        "bench --gpu": "skipped",
+        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
+        "torchrun --nproc_per_node 2 (NCCL)": "skipped",
+    }
     assert result["passed"] and result["environment"]["cuda_available"] is False
     tests = result["tests"]
     assert tests["tests"] >= 10 and tests["skipped"] == tests["tests"]  # selected by -m gpu, skipped without CUDA
@@ -335,17 +364,40 @@ def test_a_generator_trained_on_the_gpu_is_served_on_a_machine_without_one(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p = prepare_project(tmp_path, tiny_params(**{"train.device": "cuda", "train.log_model": True, "tracking.uri": uri}))
-    trained = subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(p.root / "params.yaml")],
-                             cwd=p.root, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True,
-                             text=True, timeout=300)
+    trained = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(p.root / "params.yaml")],
+        cwd=p.root,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((paths.report_dir(p.root, "tiny") / "train.json").read_text())["device"].startswith("cuda")
     port, log = free_port(), open(p.root / "serve.log", "w")
     env = {**_env(p.root), "CUDA_VISIBLE_DEVICES": ""}  # the serving machine has no GPU
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",  # its script may be in a base venv
-                             f"runs:/{_run_id(p.root, 'tiny')}/generator", "--env-manager", "local", "-p", str(port),
-                             "-h", "127.0.0.1"], cwd=p.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",  # its script may be in a base venv
+            f"runs:/{_run_id(p.root, 'tiny')}/generator",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=p.root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, p.root / "serve.log")
         z = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
@@ -375,13 +427,21 @@ def test_gpu_check_fails_when_nvidia_smi_lists_a_gpu_that_torch_cannot_see(tmp_p
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
     smi.chmod(0o755)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", str(SCRIPT), "--venv", str(venv), "--out", str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--venv", str(venv), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sees no CUDA device" in r.stdout + r.stderr
     result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     status = {s["name"]: s["status"] for s in result["steps"]}
     assert status["install"] == "failed" and not result["passed"]
     assert {name: st for name, st in status.items() if name != "install"} == {
-        "tests marked gpu": "skipped", "bench --gpu": "skipped",
-        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped", "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
+        "tests marked gpu": "skipped",
+        "bench --gpu": "skipped",
+        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
+        "torchrun --nproc_per_node 2 (NCCL)": "skipped",
+    }

@@ -5,6 +5,7 @@ produced arrays) or skipped with its reason; stats count every category; nothing
 links out of the folder are not followed; workers=1 and workers=2 give identical arrays.
 The folder is built by tests/hostile.py.
 """
+
 import json
 import time
 from collections import Counter
@@ -36,8 +37,11 @@ def hostile(tmp_path_factory):
 
 
 def _fetch_prepare(hostile, out_root, detect, workers=1, size=48):
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(hostile),
-                                     "datasets.digits.limit": 0})).datasets["digits"]
+    ds = parse_params(
+        tiny_params(
+            **{"datasets.digits.source": "folder", "datasets.digits.path": str(hostile), "datasets.digits.limit": 0}
+        )
+    ).datasets["digits"]
     raw = out_root / "raw"
     if not raw.exists():
         fetch(ds, raw, out_root / "dl")
@@ -45,7 +49,8 @@ def _fetch_prepare(hostile, out_root, detect, workers=1, size=48):
     s = CropSettings(image_size=size, channels=3, detect_faces=detect)
     stats = prepare(raw, out, s, test_fraction=0.0, workers=workers)
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False).merge(
-        pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)[["file", "source"]], on="file")
+        pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)[["file", "source"]], on="file"
+    )
     return stats, rows, np.load(out / "images.npy"), out
 
 
@@ -159,8 +164,9 @@ def test_faces_command_on_the_hostile_folder(hostile, tmp_path):
     assert crops["astronaut.jpg"] == "astronaut.jpg.png" and crops["astronaut.bmp"] == "astronaut.bmp.png"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == len(kept) and sum(stats["ignored"].values()) == len(IGNORED)
-    assert stats["discarded"] == dict(Counter(v[DETECT] for k, v in EXPECTED.items()
-                                              if v[DETECT] not in ("kept", "ignored")))
+    assert stats["discarded"] == dict(
+        Counter(v[DETECT] for k, v in EXPECTED.items() if v[DETECT] not in ("kept", "ignored"))
+    )
     assert not [p for p in out.rglob(".*") if "tmp" in p.name]
     assert not (out / "link out.png").exists()  # the outside file was never read
 
@@ -180,8 +186,9 @@ def test_nothing_usable_leaves_no_output(tmp_path):
     src.mkdir()
     (src / "a.png").write_bytes(b"")
     (src / "b.jpg").write_text("text")
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
-                                     "datasets.digits.path": str(src)})).datasets["digits"]
+    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(src)})).datasets[
+        "digits"
+    ]
     fetch(ds, tmp_path / "raw", tmp_path / "dl")
     with pytest.raises(UserError, match=r"none of 2 images could be used \({'empty': 1, 'not_an_image': 1}\)"):
         prepare(tmp_path / "raw", tmp_path / "out", CropSettings(detect_faces=False))
@@ -254,6 +261,7 @@ def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monke
     import shutil
 
     from dcganlab.data import sources
+
     src = tmp_path / "photos"
     src.mkdir()
     for name in ("a.png", "b.png", "c.png"):
@@ -266,10 +274,13 @@ def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monke
         return real_copy(a, b)
 
     monkeypatch.setattr(sources.shutil, "copyfile", copy)
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
-                                     "datasets.digits.path": str(src)})).datasets["digits"]
+    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(src)})).datasets[
+        "digits"
+    ]
     manifest = fetch(ds, tmp_path / "raw", tmp_path / "dl")
-    assert list(manifest["source"]) == ["a.png", "c.png"] and list(manifest["file"]) == ["images/000000.png",
-                                                                                         "images/000001.png"]
+    assert list(manifest["source"]) == ["a.png", "c.png"] and list(manifest["file"]) == [
+        "images/000000.png",
+        "images/000001.png",
+    ]
     ignored = pd.read_csv(tmp_path / "raw/ignored.csv")
     assert ignored.values.tolist() == [["b.png", "cannot be read (PermissionError)"]]

@@ -1,5 +1,6 @@
 """The package's layers, read from the source with `ast` (tests/layers.py): the import rule, and
 dvc.yaml's `deps` against each stage's import closure (issue #23)."""
+
 from __future__ import annotations
 
 import ast
@@ -113,8 +114,13 @@ def test_a_stages_deps_cover_its_import_closure_and_little_beyond(stage):
     needed = stage_closure(spec["command"])
     missing = sorted(str(p.relative_to(ROOT)) for p in needed - covered)
     assert missing == [], f"{stage}: dvc.yaml deps miss {missing}"
-    beyond = sorted(str(p.relative_to(ROOT)) for dep, files in named.items() if dep != CORE
-                    for p in files - needed if not trivial(p))
+    beyond = sorted(
+        str(p.relative_to(ROOT))
+        for dep, files in named.items()
+        if dep != CORE
+        for p in files - needed
+        if not trivial(p)
+    )
     assert beyond == [], f"{stage}: deps outside its import closure: {beyond}"
 
 

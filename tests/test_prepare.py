@@ -1,4 +1,5 @@
 """prepare and faces: real Haar detection on real faces, arrays training can read directly."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,8 @@ def test_haar_finds_real_faces_and_rejects_nonfaces(tmp_path):
     stats = prepare(raw, tmp_path / "out", CropSettings(image_size=32, channels=3), test_fraction=0.1)
     manifest = pd.read_csv(tmp_path / "out/manifest.csv", dtype={"label": str}, keep_default_na=False)
     kept = manifest[manifest["status"] == "kept"]
-    assert (kept["label"] == "face").sum() >= 95       # recall >= 0.95 (98 seen)
-    assert (kept["label"] == "nonface").sum() <= 2     # false positives <= 2 % (0 seen)
+    assert (kept["label"] == "face").sum() >= 95  # recall >= 0.95 (98 seen)
+    assert (kept["label"] == "nonface").sum() <= 2  # false positives <= 2 % (0 seen)
     assert stats["discarded"] == {"no_face": 200 - stats["kept"]}
     images = np.load(tmp_path / "out/images.npy")
     assert images.shape == (stats["kept"], 3, 32, 32) and images.dtype == np.uint8
@@ -76,8 +77,14 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     Image.new("L", (28, 28), 255).save(raw / "images/0.png")
     (raw / "images/1.png").write_bytes(b"")
     (raw / "images/2.png").write_text("this is text")
-    pd.DataFrame({"file": [f"images/{i}.png" for i in range(3)], "label": ["", "", ""],
-                  "source": ["t"] * 3, "checksum": [""] * 3}).to_csv(raw / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "file": [f"images/{i}.png" for i in range(3)],
+            "label": ["", "", ""],
+            "source": ["t"] * 3,
+            "checksum": [""] * 3,
+        }
+    ).to_csv(raw / "manifest.csv", index=False)
     stats = prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
     assert stats["kept"] == 1 and stats["discarded"] == {"empty": 1, "not_an_image": 1}
 

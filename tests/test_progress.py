@@ -1,4 +1,5 @@
 """Progress without a terminal: DVC pipes every stage's output, so tqdm would print nothing."""
+
 import re
 
 import pytest

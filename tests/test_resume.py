@@ -1,5 +1,6 @@
 """Interruption, resume and failures of `dcganlab train`: real SIGKILL / SIGTERM / SIGINT of a
 subprocess, exact mid-epoch resume, NaN stops, discriminator collapse, tracking failures, secrets."""
+
 import ast
 import json
 import os
@@ -46,8 +47,13 @@ def _project(root: Path, **overrides):
 def _start(root: Path, slow: float = 0.0) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(SLOW=str(slow), PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-c", RUNNER, "train", "tiny", "-p", str(root / "params.yaml")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, "train", "tiny", "-p", str(root / "params.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _position(root: Path) -> tuple[int, int]:
@@ -170,7 +176,9 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
     assert [r.info.run_id for r in runs] == [run_id]
     a, b = (torch.load(paths.model_path(p.root, "tiny"), weights_only=True) for p in (straight, broken))
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    la, lb = (pd.read_csv(paths.report_dir(p.root, "tiny") / "losses.csv").drop(columns=TIMING) for p in (straight, broken))
+    la, lb = (
+        pd.read_csv(paths.report_dir(p.root, "tiny") / "losses.csv").drop(columns=TIMING) for p in (straight, broken)
+    )
     pd.testing.assert_frame_equal(la, lb, check_exact=True)
 
 
@@ -215,8 +223,15 @@ def test_a_collapsed_discriminator_is_flagged_in_the_log_and_in_mlflow(tmp_path,
     from dcganlab.training.loop import train
 
     # thresholds every step meets: D "wins" from the first step on
-    p = _project(tmp_path, **{"experiments.tiny.epochs": 1, "train.collapse_real": 0.0,
-                              "train.collapse_fake": 1.0, "train.collapse_steps": 4})
+    p = _project(
+        tmp_path,
+        **{
+            "experiments.tiny.epochs": 1,
+            "train.collapse_real": 0.0,
+            "train.collapse_fake": 1.0,
+            "train.collapse_steps": 4,
+        },
+    )
     train(p, "tiny", progress=False)
     err = capsys.readouterr().err
     assert "tiny: warning: discriminator collapse in epoch 1" in err and "6 consecutive steps" in err
@@ -269,7 +284,10 @@ def test_tracking_credentials_are_never_logged(prepared, monkeypatch, capsys):
     from dcganlab.core.tracking import redact_uri
     from dcganlab.training.loop import train
 
-    assert redact_uri("https://bob:pw1@mlflow.example:5000/?token=abc&x=1") == "https://***@mlflow.example:5000/?token=***&x=1"
+    assert (
+        redact_uri("https://bob:pw1@mlflow.example:5000/?token=abc&x=1")
+        == "https://***@mlflow.example:5000/?token=***&x=1"
+    )
     assert redact_uri("http://h/api?access_token=abc&api_key=k") == "http://h/api?access_token=***&api_key=***"
     assert redact_uri("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-9f8e7d")
@@ -284,10 +302,17 @@ def test_every_torch_load_in_src_is_weights_only():
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []

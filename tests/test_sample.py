@@ -1,5 +1,6 @@
 """sample: every figure is written with its layout; the arithmetic, progression and filter
 figures do what they say on constructed inputs."""
+
 import json
 import math
 
@@ -39,8 +40,13 @@ def trained_two(prepared):
     raw = tiny_params(**{"experiments.tiny.epochs": 2})
     raw["experiments"]["cond"] = {**TINY_EXPERIMENT, "variant": "cgan"}
     p = load_params(write_params(prepared.root, raw))
-    train_extractor(load_processed(paths.processed_dir(p.root, "digits")), p.extractor, p.seed,
-                    paths.extractor_path(p.root, "digits"), "digits")
+    train_extractor(
+        load_processed(paths.processed_dir(p.root, "digits")),
+        p.extractor,
+        p.seed,
+        paths.extractor_path(p.root, "digits"),
+        "digits",
+    )
     train(p, "tiny", progress=False)
     train(p, "cond", progress=False)
     return p
@@ -125,22 +131,27 @@ def _arith(pool: int, mean_of: int, rows: int) -> SampleParams:
 
 def test_arithmetic_with_a_classifier_on_a_linear_generator_gets_every_analogy_right():
     net = BucketClassifier([-0.8, 0.0, 0.8])
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], _arith(600, 3, 3),
-                                    torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], _arith(600, 3, 3), torch.Generator().manual_seed(0)
+    )
     assert info["mode"] == "class" and len(info["rows"]) == 3
     assert info["agreement"] == 1.0 and all(r["got"] == r["expected"] for r in info["rows"])
     assert image.width >= 4 * 64 and image.height == TITLE_H + 3 * (64 + GAP) + GAP
 
 
 def test_arithmetic_without_labels_uses_brightness_and_says_so():
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, None, [], _arith(60, 3, 2), torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, None, [], _arith(60, 3, 2), torch.Generator().manual_seed(0)
+    )
     assert info["mode"] == "brightness" and "brightness" in info["note"] and len(info["rows"]) == 2
     assert all(r["value_result"] > r["value_C"] for r in info["rows"]) and info["agreement"] == 1.0
 
 
 def test_arithmetic_skips_with_the_reason_when_one_class_dominates():
     net = BucketClassifier([0.0, 50.0])  # every image (pixels in [-1, 1]) is nearest 0: one class only
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["x", "y"], _arith(30, 3, 2), torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, net, ["x", "y"], _arith(30, 3, 2), torch.Generator().manual_seed(0)
+    )
     assert "the arithmetic needs two" in info["skipped"] and info["rows"] == [] and image.width > 0
 
 

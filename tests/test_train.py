@@ -1,4 +1,5 @@
 """train: the DCGAN networks, the one loop, checkpoints, resume and MLflow tracking."""
+
 import json
 import threading
 
@@ -60,6 +61,7 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     assert G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
     assert summary["epochs"] == 1 and summary["images_per_s"] > 0
     import resource  # train.json's peak memory is this (test) process's, in MiB
+
     assert summary["peak_rss_mb"] == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.05)
     losses = (prepared.root / "reports/tiny/losses.csv").read_text().splitlines()
     assert losses[0].startswith("epoch,loss_d,loss_g,d_real,d_fake")
@@ -68,8 +70,11 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     client = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == \
-        {"variant": "dcgan", "dataset": "digits", "experiment": "tiny"}
+    assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == {
+        "variant": "dcgan",
+        "dataset": "digits",
+        "experiment": "tiny",
+    }
     assert "git_commit" in run.data.tags
     assert run.data.params["experiment.lr_g"] == "0.0002"
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(run.data.metrics)
@@ -86,10 +91,10 @@ def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(
     straight = setup(tmp_path / "a", 2)
     train(straight, "tiny", progress=False)
     resumed = setup(tmp_path / "b", 1)
-    train(resumed, "tiny", progress=False)          # "interrupted" after epoch 1
+    train(resumed, "tiny", progress=False)  # "interrupted" after epoch 1
     run_id = json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"]
     resumed = setup(tmp_path / "b", 2)
-    train(resumed, "tiny", progress=False)          # rerun: resumes at epoch 2
+    train(resumed, "tiny", progress=False)  # rerun: resumes at epoch 2
     assert json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"] == run_id
     a = torch.load(paths.model_path(straight.root, "tiny"), weights_only=True)["state_dict"]
     b = torch.load(paths.model_path(resumed.root, "tiny"), weights_only=True)["state_dict"]
@@ -173,8 +178,11 @@ def test_the_loop_reads_in_short_named_steps():
     import dcganlab.training.loop as t
 
     tree = ast.parse(inspect.getsource(t))
-    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    lengths = {
+        node.name: node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
     assert {"_train", "set_up", "train_epoch", "end_epoch", "finish"} <= lengths.keys()
     assert {name: n for name, n in lengths.items() if n > 60} == {}
     assert lengths["_train"] <= 40  # the table of contents
@@ -218,6 +226,11 @@ def test_an_isa_capped_below_avx512_never_counts_as_native_bf16():
 
     code = "from dcganlab.training.accel import cpu_path; import json; print(json.dumps(cpu_path()))"
     for env in ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"ATEN_CPU_CAPABILITY": "avx2"}):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert json.loads(out)["native_bf16"] is False, env

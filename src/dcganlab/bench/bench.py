@@ -16,6 +16,7 @@ Each measurement runs in its own spawned process, so its peak memory is its own 
 sampled memory of its worker processes) and one measurement's threads or caches cannot
 slow the next.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,21 +42,23 @@ from dcganlab.core.errors import UserError
 
 @dataclass(frozen=True)
 class BenchSettings:
-    warmup: int = 5            # training steps before timing (allocator, caches, loader start-up)
-    steps: int = 6             # timed training steps per repeat
-    profile_steps: int = 10    # steps split into forward / backward / optimizer / other
-    photos: int = 2000         # prepare: LFW-subset photos (the 200 repeated) per worker count
-    eval_samples: int = 1000   # evaluate: generated (and real) samples
-    repeats: int = 5           # timed training repeats; the median one is reported (robust to a busy machine)
-    process_repeats: int = 3   # whole-process runs of each side per setting (alternating; median; 0 = skip)
+    warmup: int = 5  # training steps before timing (allocator, caches, loader start-up)
+    steps: int = 6  # timed training steps per repeat
+    profile_steps: int = 10  # steps split into forward / backward / optimizer / other
+    photos: int = 2000  # prepare: LFW-subset photos (the 200 repeated) per worker count
+    eval_samples: int = 1000  # evaluate: generated (and real) samples
+    repeats: int = 5  # timed training repeats; the median one is reported (robust to a busy machine)
+    process_repeats: int = 3  # whole-process runs of each side per setting (alternating; median; 0 = skip)
     process_images: int = 2048  # real digits each whole-process run trains one epoch on
-    share_epochs: int = 8      # sharing the CPU (bench/share.py): epochs of those digits per training (0 = skip)
-    share_threads: int = 0     # train.threads of those trainings: 0 the share; the core count was torch's default
+    share_epochs: int = 8  # sharing the CPU (bench/share.py): epochs of those digits per training (0 = skip)
+    share_threads: int = 0  # train.threads of those trainings: 0 the share; the core count was torch's default
 
 
 QUICK = BenchSettings()
 LONG = BenchSettings(warmup=20, steps=60, profile_steps=50, photos=8000, eval_samples=5000, process_repeats=5)
-GPU = BenchSettings(warmup=20, steps=50, repeats=3, process_repeats=0, share_epochs=0)  # bench --gpu: a GPU step takes milliseconds
+GPU = BenchSettings(
+    warmup=20, steps=50, repeats=3, process_repeats=0, share_epochs=0
+)  # bench --gpu: a GPU step takes milliseconds
 
 
 # ---------------------------------------------------------------- child-process plumbing
@@ -112,8 +115,12 @@ def _measure(fn, workers: bool, *args) -> dict:
         if workers:
             watch.done.set()
             watch.join()
-    return {**out, "peak_rss_mb": _peak_rss_mb(), "start_rss_mb": start,
-            "peak_children_uss_mb": round(watch.peak / 2**20, 1)}
+    return {
+        **out,
+        "peak_rss_mb": _peak_rss_mb(),
+        "start_rss_mb": start,
+        "peak_children_uss_mb": round(watch.peak / 2**20, 1),
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -164,12 +171,23 @@ def _setup(params: Params, name: str, folder: Path, device: str):
 def _rates(seconds: list[float], steps: int, batch: int) -> dict:
     """images/s of the median repeat (and the best: the machine's least disturbed)."""
     median = sorted(seconds)[len(seconds) // 2]
-    return {"images_per_s": steps * batch / median, "images_per_s_best": steps * batch / min(seconds),
-            "step_ms": 1000 * median / steps, "repeat_seconds": seconds}
+    return {
+        "images_per_s": steps * batch / median,
+        "images_per_s_best": steps * batch / min(seconds),
+        "step_ms": 1000 * median / steps,
+        "repeat_seconds": seconds,
+    }
 
 
-def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, profile: bool,
-              speed: tuple[str, str, bool] | None = None) -> dict:
+def _our_loop(
+    params: Params,
+    name: str,
+    folder: str,
+    device: str,
+    s: BenchSettings,
+    profile: bool,
+    speed: tuple[str, str, bool] | None = None,
+) -> dict:
     """The training loop's own pieces (training/loop.py): its Batches (uint8 on the device, index +
     scale per batch), its Nets (accel, compile) and its batch_step, one sync per repeat.
     `speed`: (amp, channels_last, compile) instead of params' train settings (bench_gpu's grid)."""
@@ -211,10 +229,19 @@ def _our_loop(params: Params, name: str, folder: str, device: str, s: BenchSetti
     run(s.warmup)
     seconds = [run(s.steps) for _ in range(s.repeats)]
     batch = batches.global_batch
-    out = {"experiment": name, "variant": e.variant, "dataset": e.dataset, "batch_size": batch,
-           "image_size": spec.size, "channels": spec.channels, "steps": s.steps, "amp": accel.amp,
-           "channels_last": accel.channels_last, "compile": accel.compile,
-           **_rates(seconds, s.steps, batch)}
+    out = {
+        "experiment": name,
+        "variant": e.variant,
+        "dataset": e.dataset,
+        "batch_size": batch,
+        "image_size": spec.size,
+        "channels": spec.channels,
+        "steps": s.steps,
+        "amp": accel.amp,
+        "channels_last": accel.channels_last,
+        "compile": accel.compile,
+        **_rates(seconds, s.steps, batch),
+    }
     if device.startswith("cuda"):
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         out["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
@@ -250,6 +277,7 @@ def _profile(nets, one, steps: int, device: str) -> dict:
             sync()
             spent[key] += time.perf_counter() - t0
             return r
+
         return wrapper
 
     hooks = [m.register_forward_pre_hook(pre) for m in (G, D)] + [m.register_forward_hook(post) for m in (G, D)]
@@ -272,8 +300,13 @@ def _profile(nets, one, steps: int, device: str) -> dict:
             del opt.step, opt.zero_grad
     other = max(total - sum(spent.values()), 0.0)
     ms = {f"{k}_ms": 1000 * v / steps for k, v in spent.items()}
-    return {"steps": steps, "step_ms": 1000 * total / steps, **ms, "other_ms": 1000 * other / steps,
-            "step_overhead_fraction": other / total}
+    return {
+        "steps": steps,
+        "step_ms": 1000 * total / steps,
+        **ms,
+        "other_ms": 1000 * other / steps,
+        "step_overhead_fraction": other / total,
+    }
 
 
 def _reference_loop(params: Params, name: str, folder: str, device: str, s: BenchSettings, workers: int) -> dict:
@@ -287,8 +320,14 @@ def _reference_loop(params: Params, name: str, folder: str, device: str, s: Benc
     need = min(len(images), (s.warmup + s.steps * s.repeats) * batch)  # PNG files: enough for one pass
     timing = Timing(batch, s.warmup, s.steps, s.repeats, workers)
     seconds = classic_seconds((G, D, opt_g, opt_d), e, images[:need], labels[:need], device, timing)
-    return {"experiment": name, "batch_size": batch, "steps": s.steps, "loader_workers": workers,
-            **_rates(seconds, s.steps, batch), "png_files": int(need)}
+    return {
+        "experiment": name,
+        "batch_size": batch,
+        "steps": s.steps,
+        "loader_workers": workers,
+        **_rates(seconds, s.steps, batch),
+        "png_files": int(need),
+    }
 
 
 # ---------------------------------------------------------------- prepare
@@ -309,9 +348,15 @@ def _prepare_rate(files: list[str], settings: dict, workers: int, single_thread:
         h.update(status.encode())
         if arr is not None:
             h.update(arr.tobytes())
-    return {"workers": workers, "opencv_threads": threads, "photos": len(files), "seconds": seconds,
-            "images_per_s": len(files) / seconds, "kept": sum(a is not None for a, _, _ in results),
-            "output_sha256": h.hexdigest()}
+    return {
+        "workers": workers,
+        "opencv_threads": threads,
+        "photos": len(files),
+        "seconds": seconds,
+        "images_per_s": len(files) / seconds,
+        "kept": sum(a is not None for a, _, _ in results),
+        "output_sha256": h.hexdigest(),
+    }
 
 
 def _face_settings(params: Params) -> DatasetParams:
@@ -340,8 +385,9 @@ def _evaluate_rate(params: Params, name: str, folder: str, n: int) -> dict:
         extractor, _ = load_extractor(ext_path)
         ext_source = str(ext_path.relative_to(params.root))
     else:  # same architecture, untrained: the cost does not depend on the weights
-        extractor = DomainNet(images.shape[1], images.shape[2], params.extractor.features,
-                              len(data["stats"]["classes"])).eval()
+        extractor = DomainNet(
+            images.shape[1], images.shape[2], params.extractor.features, len(data["stats"]["classes"])
+        ).eval()
         ext_source = "untrained DomainNet (no extractor in models/extractors)"
     G, _ = build_networks(e, images.shape[1], images.shape[2])
     gen = torch.Generator().manual_seed(params.seed)
@@ -355,8 +401,15 @@ def _evaluate_rate(params: Params, name: str, folder: str, n: int) -> dict:
     t2 = time.perf_counter()
     fid_kid(extractor, real, other, params.evaluate.kid_subset_size, params.evaluate.batch_size, params.seed)
     t3 = time.perf_counter()
-    return {"experiment": name, "samples": n, "extractor": ext_source, "generate_s": t1 - t0,
-            "fid_kid_s": t2 - t1, "floor_s": t3 - t2, "seconds_per_1000_samples": (t3 - t0) * 1000 / n}
+    return {
+        "experiment": name,
+        "samples": n,
+        "extractor": ext_source,
+        "generate_s": t1 - t0,
+        "fid_kid_s": t2 - t1,
+        "floor_s": t3 - t2,
+        "seconds_per_1000_samples": (t3 - t0) * 1000 / n,
+    }
 
 
 # ---------------------------------------------------------------- the command
@@ -367,15 +420,24 @@ def machine() -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    facts = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-             "python": platform.python_version(), "torch": torch.__version__,
-             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-             "cpu_path": cpu_path()}  # the ISA torch and oneDNN run, native bf16 or not, threads
+    facts = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_path": cpu_path(),
+    }  # the ISA torch and oneDNN run, native bf16 or not, threads
     if hasattr(os, "sched_getaffinity"):
         facts["usable_cores"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
@@ -383,8 +445,9 @@ def machine() -> dict:
     return facts
 
 
-def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | None = None,
-          out: Path | None = None, log=print) -> dict:
+def bench(
+    params: Params, s: BenchSettings = QUICK, experiments: list[str] | None = None, out: Path | None = None, log=print
+) -> dict:
     from dcganlab.training.step import pick_device
 
     t_start = time.perf_counter()
@@ -395,10 +458,15 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
     if baseline is None:
         raise UserError("the bench needs an experiment with variant 'dcgan' (the baseline)")
     device = str(pick_device(params.train.device))
-    result: dict = {"settings": asdict(s), "machine": machine(), "device": device, "baseline": baseline,
-                    "isolation": "each measurement in its own spawned process: peak_rss_mb is that process's "
-                                 "peak resident memory (libraries included; start_rss_mb before the work), "
-                                 "peak_children_uss_mb the sampled peak of its workers' unique memory"}
+    result: dict = {
+        "settings": asdict(s),
+        "machine": machine(),
+        "device": device,
+        "baseline": baseline,
+        "isolation": "each measurement in its own spawned process: peak_rss_mb is that process's "
+        "peak resident memory (libraries included; start_rss_mb before the work), "
+        "peak_children_uss_mb the sampled peak of its workers' unique memory",
+    }
     work = Path(tempfile.mkdtemp(prefix="dcganlab-bench-"))
     try:
         folders, result["data"] = {}, {}
@@ -409,15 +477,21 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         result["train"] = {}
         for name in names:
             log(f"bench: training {name}")
-            r = _isolated(_our_loop, params, name, folders[params.experiments[name].dataset], device, s, name == baseline)
+            r = _isolated(
+                _our_loop, params, name, folders[params.experiments[name].dataset], device, s, name == baseline
+            )
             if "profile" in r:
                 result["step_profile"] = {"experiment": name, **r.pop("profile")}
             result["train"][name] = r
         log(f"bench: reference loop ({baseline})")
-        ref = _isolated(_reference_loop, params, baseline, folders[params.experiments[baseline].dataset], device, s, 2,
-                        workers=True)
-        result["reference"] = {**ref, "how": "torchvision ImageFolder over PNGs + PIL decode + Resize/CenterCrop/"
-                                             "ToTensor/Normalize, DataLoader(num_workers=2, shuffle), .item() per step"}
+        ref = _isolated(
+            _reference_loop, params, baseline, folders[params.experiments[baseline].dataset], device, s, 2, workers=True
+        )
+        result["reference"] = {
+            **ref,
+            "how": "torchvision ImageFolder over PNGs + PIL decode + Resize/CenterCrop/"
+            "ToTensor/Normalize, DataLoader(num_workers=2, shuffle), .item() per step",
+        }
         result["train_speedup_vs_reference"] = result["train"][baseline]["images_per_s"] / ref["images_per_s"]
         result["step_overhead_fraction"] = result["step_profile"]["step_overhead_fraction"]
 
@@ -427,13 +501,22 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         if s.process_repeats:
             result["whole_process"] = {
                 setting.name: compare(params, setting, work / "whole", s.process_repeats, log)
-                for setting in (replace(CLASSIC, images=s.process_images),
-                                default_setting(params, baseline, s.process_images))}
+                for setting in (
+                    replace(CLASSIC, images=s.process_images),
+                    default_setting(params, baseline, s.process_images),
+                )
+            }
         if s.process_repeats and s.share_epochs:  # --process-repeats 0 skips every whole-process run
             from dcganlab.bench.share import sharing
 
-            result["sharing"] = sharing(params, default_setting(params, baseline, s.process_images), work / "share",
-                                        s.share_epochs, s.share_threads, log=log)
+            result["sharing"] = sharing(
+                params,
+                default_setting(params, baseline, s.process_images),
+                work / "share",
+                s.share_epochs,
+                s.share_threads,
+                log=log,
+            )
 
         log("bench: prepare (Haar face detection)")
         from dcganlab.data.faces import CropSettings
@@ -444,24 +527,31 @@ def bench(params: Params, s: BenchSettings = QUICK, experiments: list[str] | Non
         photos = sorted(str(p) for p in (work / "raw" / "_lfw").rglob("*.png"))
         files = [photos[i % len(photos)] for i in range(s.photos)]
         crop = asdict(CropSettings.from_dataset(face_ds))
-        runs = {"1_worker": _isolated(_prepare_rate, files, crop, 1, True),
-                "2_workers": _isolated(_prepare_rate, files, crop, 2, True, workers=True),
-                "in_process_default": _isolated(_prepare_rate, files, crop, 1, False)}
+        runs = {
+            "1_worker": _isolated(_prepare_rate, files, crop, 1, True),
+            "2_workers": _isolated(_prepare_rate, files, crop, 2, True, workers=True),
+            "in_process_default": _isolated(_prepare_rate, files, crop, 1, False),
+        }
         identical = len({r.pop("output_sha256") for r in runs.values()}) == 1
-        result["prepare"] = {**runs, "identical_output": identical,
-                             "how": f"{s.photos} LFW-subset photos (200x200 canvases, the 200 repeated); 1_worker: "
-                                    "one process with OpenCV pinned to 1 thread, as each pool worker; "
-                                    "in_process_default: workers=1 as `prepare` runs it (OpenCV's own threads)"}
+        result["prepare"] = {
+            **runs,
+            "identical_output": identical,
+            "how": f"{s.photos} LFW-subset photos (200x200 canvases, the 200 repeated); 1_worker: "
+            "one process with OpenCV pinned to 1 thread, as each pool worker; "
+            "in_process_default: workers=1 as `prepare` runs it (OpenCV's own threads)",
+        }
         if not identical:
             raise UserError("prepare output differs between worker counts (order or content)")
         result["prepare_scaling_2_workers"] = runs["2_workers"]["images_per_s"] / runs["1_worker"]["images_per_s"]
         # vs `workers: 1` as prepare runs it, where OpenCV's own threads already share the cores
-        result["prepare_2_workers_vs_in_process"] = (runs["2_workers"]["images_per_s"]
-                                                     / runs["in_process_default"]["images_per_s"])
+        result["prepare_2_workers_vs_in_process"] = (
+            runs["2_workers"]["images_per_s"] / runs["in_process_default"]["images_per_s"]
+        )
 
         log("bench: evaluate (FID/KID)")
-        result["evaluate"] = _isolated(_evaluate_rate, params, baseline, folders[params.experiments[baseline].dataset],
-                                       s.eval_samples)
+        result["evaluate"] = _isolated(
+            _evaluate_rate, params, baseline, folders[params.experiments[baseline].dataset], s.eval_samples
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if hasattr(os, "getloadavg"):
@@ -477,11 +567,17 @@ def _mb(m: dict) -> str:
 
 def table(r: dict) -> str:
     """The headline numbers, one per line (memory: the process's peak + its workers')."""
-    rows = [(f"train {n} ({t['variant']}, batch {t['batch_size']})", f"{t['images_per_s']:.0f} img/s", _mb(t))
-            for n, t in r["train"].items()]
+    rows = [
+        (f"train {n} ({t['variant']}, batch {t['batch_size']})", f"{t['images_per_s']:.0f} img/s", _mb(t))
+        for n, t in r["train"].items()
+    ]
     ref, prep, ev = r["reference"], r["prepare"], r["evaluate"]
     rows += [
-        (f"reference loop ({r['baseline']}, ImageFolder + 2 loader workers)", f"{ref['images_per_s']:.0f} img/s", _mb(ref)),
+        (
+            f"reference loop ({r['baseline']}, ImageFolder + 2 loader workers)",
+            f"{ref['images_per_s']:.0f} img/s",
+            _mb(ref),
+        ),
         ("train_speedup_vs_reference", f"{r['train_speedup_vs_reference']:.2f}x", ""),
         ("step_overhead_fraction", f"{100 * r['step_overhead_fraction']:.1f}%", ""),
         *[(f"prepare {k}", f"{v['images_per_s']:.0f} img/s", _mb(v)) for k, v in prep.items() if isinstance(v, dict)],
@@ -491,25 +587,58 @@ def table(r: dict) -> str:
     ]
     for name, w in r.get("whole_process", {}).items():
         ours, classic = w["dcganlab"], w["classic"]
-        rows += [(f"whole process, {name} setting: classic script", f"{classic['wall_s']:.1f} s", f"{classic['peak_rss_mb']:.0f} MB"),
-                 (f"whole process, {name} setting: dcganlab train", f"{ours['wall_s']:.1f} s", f"{ours['peak_rss_mb']:.0f} MB"),
-                 (f"  {name}: dcganlab speed-up (whole process / loop)", f"{w['wall_speedup']:.2f}x / {w['loop_speedup']:.2f}x", ""),
-                 (f"  {name}: loop img/s classic / dcganlab ({ours['precision']})",
-                  f"{classic['loop_images_per_s']:.0f} / {ours['loop_images_per_s']:.0f}", ""),
-                 (f"  {name}: MFU classic / dcganlab ({w['flops']['flops_per_image'] / 1e9:.2f} GFLOP per image)",
-                  f"{100 * classic['mfu']:.1f}% / {100 * ours['mfu']:.1f}%", "")]
+        rows += [
+            (
+                f"whole process, {name} setting: classic script",
+                f"{classic['wall_s']:.1f} s",
+                f"{classic['peak_rss_mb']:.0f} MB",
+            ),
+            (
+                f"whole process, {name} setting: dcganlab train",
+                f"{ours['wall_s']:.1f} s",
+                f"{ours['peak_rss_mb']:.0f} MB",
+            ),
+            (
+                f"  {name}: dcganlab speed-up (whole process / loop)",
+                f"{w['wall_speedup']:.2f}x / {w['loop_speedup']:.2f}x",
+                "",
+            ),
+            (
+                f"  {name}: loop img/s classic / dcganlab ({ours['precision']})",
+                f"{classic['loop_images_per_s']:.0f} / {ours['loop_images_per_s']:.0f}",
+                "",
+            ),
+            (
+                f"  {name}: MFU classic / dcganlab ({w['flops']['flops_per_image'] / 1e9:.2f} GFLOP per image)",
+                f"{100 * classic['mfu']:.1f}% / {100 * ours['mfu']:.1f}%",
+                "",
+            ),
+        ]
     share = r.get("sharing")
     if share:
         two = share["two_at_once"]
-        rows += [("sharing: training alone / beside a CPU-bound process",
-                  f"{share['alone']['images_per_s']:.0f} / {share['beside_neighbour']['images_per_s']:.0f} img/s", ""),
-                 ("  kept beside the neighbour (goal >= 0.4)", f"{share['kept']:.2f}", ""),
-                 ("sharing: two trainings one after the other / at once",
-                  f"{two['serial_wall_s']:.1f} / {two['together_wall_s']:.1f} s", ""),
-                 ("  serial / at once (goal >= 1)", f"{two['together_vs_serial']:.2f}x", "")]
+        rows += [
+            (
+                "sharing: training alone / beside a CPU-bound process",
+                f"{share['alone']['images_per_s']:.0f} / {share['beside_neighbour']['images_per_s']:.0f} img/s",
+                "",
+            ),
+            ("  kept beside the neighbour (goal >= 0.4)", f"{share['kept']:.2f}", ""),
+            (
+                "sharing: two trainings one after the other / at once",
+                f"{two['serial_wall_s']:.1f} / {two['together_wall_s']:.1f} s",
+                "",
+            ),
+            ("  serial / at once (goal >= 1)", f"{two['together_vs_serial']:.2f}x", ""),
+        ]
     path = r["machine"]["cpu_path"]
-    rows.insert(0, ("CPU path: ISA / oneDNN cap / native bf16 / threads",
-                    f"{path['isa']} / {path['onednn_max_isa']} / {'yes' if path['native_bf16'] else 'no'} / "
-                    f"{path['threads']}", ""))
+    rows.insert(
+        0,
+        (
+            "CPU path: ISA / oneDNN cap / native bf16 / threads",
+            f"{path['isa']} / {path['onednn_max_isa']} / {'yes' if path['native_bf16'] else 'no'} / {path['threads']}",
+            "",
+        ),
+    )
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>12}  {c:>8}" for a, b, c in rows)

@@ -13,6 +13,7 @@ project whose MLflow store exists (as for every stage after a project's first tr
 one-off creation is timed apart: `new_store_s`); the classic script (classic_loop.main) writes its
 sample images and per-epoch weights, as pytorch/examples' dcgan/main.py does.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,9 @@ class Setting:
     name: str
     image_size: int
     channels: int
-    width: int        # ngf = ndf
+    width: int  # ngf = ndf
     batch_size: int
-    images: int       # real digits, all in the training split
+    images: int  # real digits, all in the training split
 
 
 CLASSIC = Setting("classic", 64, 3, 64, 64, 2048)  # pytorch/examples dcgan defaults
@@ -62,17 +63,34 @@ def make_project(params: Params, s: Setting, root: Path) -> Path:
     from dcganlab.data.processed import load_processed
     from dcganlab.data.sources import fetch
 
-    ds = DatasetParams(source="mnist-subset", limit=s.images, image_size=s.image_size, channels=s.channels,
-                       test_fraction=0.0)
-    e = {"variant": "dcgan", "dataset": "bench", "epochs": 1, "batch_size": s.batch_size, "ngf": s.width,
-         "ndf": s.width, "z_dim": 100, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5}
+    ds = DatasetParams(
+        source="mnist-subset", limit=s.images, image_size=s.image_size, channels=s.channels, test_fraction=0.0
+    )
+    e = {
+        "variant": "dcgan",
+        "dataset": "bench",
+        "epochs": 1,
+        "batch_size": s.batch_size,
+        "ngf": s.width,
+        "ndf": s.width,
+        "z_dim": 100,
+        "lr_g": 2e-4,
+        "lr_d": 2e-4,
+        "beta1": 0.5,
+    }
     train = {**as_dict(params.train), "checkpoint_every_steps": 0, "log_model": False}
     raw = {"seed": params.seed, "datasets": {"bench": as_dict(ds)}, "experiments": {"bench": e}, "train": train}
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     fetch(ds, paths.raw_dir(root, "bench"), paths.downloads_dir(params.root), params.root)
-    prepare(paths.raw_dir(root, "bench"), paths.processed_dir(root, "bench"), CropSettings.from_dataset(ds),
-            0.0, params.seed, 1)
+    prepare(
+        paths.raw_dir(root, "bench"),
+        paths.processed_dir(root, "bench"),
+        CropSettings.from_dataset(ds),
+        0.0,
+        params.seed,
+        1,
+    )
     data = load_processed(paths.processed_dir(root, "bench"))
     write_image_folder(data["images"], data["labels"], root / "png")
     return root / "params.yaml"
@@ -80,11 +98,29 @@ def make_project(params: Params, s: Setting, root: Path) -> Path:
 
 def commands(s: Setting, params_file: Path) -> dict[str, list[str]]:
     root = params_file.parent
-    return {"dcganlab": [sys.executable, "-m", "dcganlab", "train", "bench", "-p", str(params_file)],
-            "classic": [sys.executable, "-m", "dcganlab.bench.classic_loop", str(root / "png"), "--outf",
-                        str(root / "classic-out"), "--imageSize", str(s.image_size), "--nc", str(s.channels),
-                        "--ngf", str(s.width), "--ndf", str(s.width), "--batchSize", str(s.batch_size),
-                        "--workers", "2"]}
+    return {
+        "dcganlab": [sys.executable, "-m", "dcganlab", "train", "bench", "-p", str(params_file)],
+        "classic": [
+            sys.executable,
+            "-m",
+            "dcganlab.bench.classic_loop",
+            str(root / "png"),
+            "--outf",
+            str(root / "classic-out"),
+            "--imageSize",
+            str(s.image_size),
+            "--nc",
+            str(s.channels),
+            "--ngf",
+            str(s.width),
+            "--ndf",
+            str(s.width),
+            "--batchSize",
+            str(s.batch_size),
+            "--workers",
+            "2",
+        ],
+    }
 
 
 def new_store_seconds(params_file: Path) -> float:
@@ -161,8 +197,12 @@ def run_once(side: str, cmd: list[str], root: Path) -> dict:
     rate = _RATE[side].search(out)
     if proc.returncode or not rate:
         raise UserError(f"bench: the {side} process failed (exit {proc.returncode}): {out.strip()[-300:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(watch.peak / 2**20, 1), "loop_images_per_s": float(rate[1]),
-            "load_average": round(os.getloadavg()[0], 2)}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(watch.peak / 2**20, 1),
+        "loop_images_per_s": float(rate[1]),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
 
 
 # ---------------------------------------------------------------- FLOPs and the CPU's peak
@@ -186,9 +226,12 @@ def flops_per_image(params_file: Path, accel_on: bool = True) -> dict:
     real = torch.rand(e.batch_size, ds.channels, ds.image_size, ds.image_size) * 2 - 1
     with FlopCounterMode(display=False) as counter:
         train_step(StepNets(G, D, opt_g, opt_d), e, real, None, 0, accel)
-    return {"flops_per_image": counter.get_total_flops() / e.batch_size, "amp": accel.amp,
-            "how": "torch.utils.flop_counter.FlopCounterMode over one train_step (convolutions and matmuls, "
-                   "forward + backward of G and D), divided by the batch"}
+    return {
+        "flops_per_image": counter.get_total_flops() / e.batch_size,
+        "amp": accel.amp,
+        "how": "torch.utils.flop_counter.FlopCounterMode over one train_step (convolutions and matmuls, "
+        "forward + backward of G and D), divided by the batch",
+    }
 
 
 def cpu_peak() -> dict:
@@ -206,12 +249,28 @@ def cpu_peak() -> dict:
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags and "fma" in flags else 4
     fp32 = 2 * 2 * lanes  # 2 pipes x (multiply + add) x lanes
     bf16 = 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
-        "AVX-512" if lanes == 16 else "AVX2+FMA" if lanes == 8 else "SSE"
-    return {"cores": cores, "ghz": round(ghz, 3), "isa": isa, "fp32_flop_per_cycle": fp32, "bf16_flop_per_cycle": bf16,
-            "fp32_gflops": round(cores * ghz * fp32, 1), "bf16_gflops": round(cores * ghz * bf16, 1),
-            "how": "usable cores x clock (cpufreq max, else /proc/cpuinfo 'cpu MHz') x FLOP/cycle/core from the ISA "
-                   "flags, assuming 2 FMA pipes per core"}
+    isa = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX512-BF16"
+        if "avx512_bf16" in flags
+        else "AVX-512"
+        if lanes == 16
+        else "AVX2+FMA"
+        if lanes == 8
+        else "SSE"
+    )
+    return {
+        "cores": cores,
+        "ghz": round(ghz, 3),
+        "isa": isa,
+        "fp32_flop_per_cycle": fp32,
+        "bf16_flop_per_cycle": bf16,
+        "fp32_gflops": round(cores * ghz * fp32, 1),
+        "bf16_gflops": round(cores * ghz * bf16, 1),
+        "how": "usable cores x clock (cpufreq max, else /proc/cpuinfo 'cpu MHz') x FLOP/cycle/core from the ISA "
+        "flags, assuming 2 FMA pipes per core",
+    }
 
 
 def mfu(flops_per_image: float, images_per_s: float, peak_gflops: float) -> float:
@@ -227,8 +286,10 @@ def compare(params: Params, s: Setting, work: Path, repeats: int = 3, log=print)
     """Both sides at setting `s`, `repeats` fresh processes each, alternating (classic first)."""
     params_file = make_project(params, s, work / s.name)
     cmds = commands(s, params_file)
-    log(f"bench: whole process at the {s.name} setting ({s.image_size}x{s.image_size}x{s.channels}, "
-        f"width {s.width}, batch {s.batch_size})")
+    log(
+        f"bench: whole process at the {s.name} setting ({s.image_size}x{s.image_size}x{s.channels}, "
+        f"width {s.width}, batch {s.batch_size})"
+    )
     store_s = new_store_seconds(params_file)
     runs: dict[str, list[dict]] = {"classic": [], "dcganlab": []}
     for i in range(repeats):
@@ -241,10 +302,14 @@ def compare(params: Params, s: Setting, work: Path, repeats: int = 3, log=print)
     for side, rs in runs.items():
         rate = _median([r["loop_images_per_s"] for r in rs])
         precision = flops["amp"] if side == "dcganlab" else "off"  # the classic loop is plain fp32
-        out[side] = {"wall_s": _median([r["wall_s"] for r in rs]), "peak_rss_mb": _median([r["peak_rss_mb"] for r in rs]),
-                     "loop_images_per_s": rate, "precision": "bf16" if precision == "bf16" else "fp32",
-                     "mfu": mfu(flops["flops_per_image"], rate, peak["bf16_gflops" if precision == "bf16" else "fp32_gflops"]),
-                     "runs": rs}
+        out[side] = {
+            "wall_s": _median([r["wall_s"] for r in rs]),
+            "peak_rss_mb": _median([r["peak_rss_mb"] for r in rs]),
+            "loop_images_per_s": rate,
+            "precision": "bf16" if precision == "bf16" else "fp32",
+            "mfu": mfu(flops["flops_per_image"], rate, peak["bf16_gflops" if precision == "bf16" else "fp32_gflops"]),
+            "runs": rs,
+        }
     out["wall_speedup"] = out["classic"]["wall_s"] / out["dcganlab"]["wall_s"]
     out["loop_speedup"] = out["dcganlab"]["loop_images_per_s"] / out["classic"]["loop_images_per_s"]
     out["rss_ratio"] = out["dcganlab"]["peak_rss_mb"] / out["classic"]["peak_rss_mb"]

@@ -5,6 +5,7 @@ files read by torchvision's ImageFolder, decoded by PIL and transformed per imag
 DataLoader worker processes, and the losses and D outputs read back with `.item()` every
 step. `dcganlab bench` runs it with the same networks, batch and optimizers as our loop.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -30,13 +31,20 @@ def classic_transform(channels: int, size: int):
     """main.py's per-image transforms (PIL decode happens in ImageFolder)."""
     from torchvision import transforms
 
-    return transforms.Compose(([transforms.Grayscale(1)] if channels == 1 else []) + [
-        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-        transforms.Normalize([0.5] * channels, [0.5] * channels)])
+    return transforms.Compose(
+        ([transforms.Grayscale(1)] if channels == 1 else [])
+        + [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * channels, [0.5] * channels),
+        ]
+    )
 
 
-def classic_update(nets: tuple, real: torch.Tensor, z_dim: int, criterion,
-                   targets: tuple[float, float] = (1.0, 0.0)) -> tuple:
+def classic_update(
+    nets: tuple, real: torch.Tensor, z_dim: int, criterion, targets: tuple[float, float] = (1.0, 0.0)
+) -> tuple:
     """One GAN update as main.py writes it, D(x) and D(G(z)) read back with `.item()` each step.
     `nets`: (G, D, opt_g, opt_d); `targets`: the real and fake labels.
     Returns (err_d, err_g, D(x), D(G(z)) before the D step, D(G(z)) after it, as a tensor)."""
@@ -89,8 +97,13 @@ def classic_seconds(nets: tuple, e, images: np.ndarray, labels: np.ndarray, devi
     tmp = Path(tempfile.mkdtemp(prefix="dcganlab-classic-"))
     try:
         write_image_folder(images, labels, tmp)
-        loader = DataLoader(datasets.ImageFolder(str(tmp), transform=classic_transform(c, size)),
-                            batch_size=timing.batch, shuffle=True, num_workers=timing.workers, drop_last=True)
+        loader = DataLoader(
+            datasets.ImageFolder(str(tmp), transform=classic_transform(c, size)),
+            batch_size=timing.batch,
+            shuffle=True,
+            num_workers=timing.workers,
+            drop_last=True,
+        )
         criterion = torch.nn.BCEWithLogitsLoss()
         it = iter(loader)
 
@@ -103,8 +116,9 @@ def classic_seconds(nets: tuple, e, images: np.ndarray, labels: np.ndarray, devi
                 except StopIteration:  # next epoch
                     it = iter(loader)  # noqa: F821 (a false positive: `loader` is the enclosing function's)
                     data, _ = next(it)
-                err_d, err_g, _, _, _ = classic_update(nets, data.to(device), e.z_dim, criterion,
-                                                       (e.real_label, e.fake_label))
+                err_d, err_g, _, _, _ = classic_update(
+                    nets, data.to(device), e.z_dim, criterion, (e.real_label, e.fake_label)
+                )
                 _ = (err_d.item(), err_g.item())  # what the classic loop prints
             return time.perf_counter() - t0
 
@@ -128,8 +142,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dcganlab.bench.classic_loop")
     ap.add_argument("dataroot", type=Path)
     ap.add_argument("--outf", type=Path, required=True)
-    for name, default in (("imageSize", 64), ("nc", 3), ("nz", 100), ("ngf", 64), ("ndf", 64), ("batchSize", 64),
-                          ("niter", 1), ("workers", 2), ("manualSeed", 0)):
+    for name, default in (
+        ("imageSize", 64),
+        ("nc", 3),
+        ("nz", 100),
+        ("ngf", 64),
+        ("ndf", 64),
+        ("batchSize", 64),
+        ("niter", 1),
+        ("workers", 2),
+        ("manualSeed", 0),
+    ):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--lr", type=float, default=0.0002)
     ap.add_argument("--beta1", type=float, default=0.5)
@@ -145,8 +168,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(a.manualSeed)
     c = a.nc
-    loader = DataLoader(datasets.ImageFolder(str(a.dataroot), transform=classic_transform(c, a.imageSize)),
-                        batch_size=a.batchSize, shuffle=True, num_workers=a.workers)
+    loader = DataLoader(
+        datasets.ImageFolder(str(a.dataroot), transform=classic_transform(c, a.imageSize)),
+        batch_size=a.batchSize,
+        shuffle=True,
+        num_workers=a.workers,
+    )
     netG, netD = dcgan.Generator(a.nz, c, a.imageSize, a.ngf), dcgan.Discriminator(c, a.imageSize, a.ndf)
     netG.apply(dcgan_init)
     netD.apply(dcgan_init)
@@ -162,8 +189,10 @@ def main(argv: list[str] | None = None) -> None:
             real, b = data, data.size(0)
             err_d, err_g, d_x, d_g_z1, d_g_z2 = classic_update((netG, netD, optG, optD), real, a.nz, criterion)
             images += b
-            print(f"[{epoch}/{a.niter}][{i}/{len(loader)}] Loss_D: {err_d.item():.4f} Loss_G: {err_g.item():.4f} "
-                  f"D(x): {d_x:.4f} D(G(z)): {d_g_z1:.4f} / {d_g_z2.item():.4f}")
+            print(
+                f"[{epoch}/{a.niter}][{i}/{len(loader)}] Loss_D: {err_d.item():.4f} Loss_G: {err_g.item():.4f} "
+                f"D(x): {d_x:.4f} D(G(z)): {d_g_z1:.4f} / {d_g_z2.item():.4f}"
+            )
             if i % 100 == 0:
                 vutils.save_image(real, a.outf / "real_samples.png", normalize=True)
                 with torch.no_grad():

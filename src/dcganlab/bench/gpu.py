@@ -13,6 +13,7 @@ experiment at its own settings and for the classic DCGAN example's setting (64x6
 Each measurement runs in its own spawned process (bench._isolated), as in `dcganlab bench`.
 Runs on a CPU too (the peak is then bench_classic.cpu_peak's), so the path is tested without a GPU.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -47,8 +48,8 @@ GPU_PEAKS: list[tuple[str, tuple[float, float, float]]] = [
     ("L4", (30.3, 60.0, 121.0)),
     ("A10", (31.2, 62.5, 125.0)),
     ("RTX 4090", (82.6, 82.6, 165.2)),
-    ("V100", (15.7, 0.0, 125.0)),   # fp16 tensor cores, no bf16, no tf32
-    ("T4", (8.1, 0.0, 65.0)),       # likewise
+    ("V100", (15.7, 0.0, 125.0)),  # fp16 tensor cores, no bf16, no tf32
+    ("T4", (8.1, 0.0, 65.0)),  # likewise
 ]
 
 
@@ -60,16 +61,31 @@ def peak_tflops(device: str) -> dict:
         name = torch.cuda.get_device_name(torch.device(device))
         match = next(((key, p) for key, p in GPU_PEAKS if key.lower() in name.lower()), None)
         if match is None:
-            return {"device": name, "fp32": None, "tf32": None, "half": None,
-                    "source": f"unknown GPU '{name}': add its datasheet peaks to bench_gpu.GPU_PEAKS"}
+            return {
+                "device": name,
+                "fp32": None,
+                "tf32": None,
+                "half": None,
+                "source": f"unknown GPU '{name}': add its datasheet peaks to bench_gpu.GPU_PEAKS",
+            }
         fp32, tf32, half = match[1]
-        return {"device": name, "fp32": fp32, "tf32": tf32 or None, "half": half,
-                "source": f"vendor datasheet for '{match[0]}', dense (no sparsity)"}
+        return {
+            "device": name,
+            "fp32": fp32,
+            "tf32": tf32 or None,
+            "half": half,
+            "source": f"vendor datasheet for '{match[0]}', dense (no sparsity)",
+        }
     from dcganlab.bench.classic import cpu_peak
 
     cpu = cpu_peak()
-    return {"device": "cpu", "fp32": cpu["fp32_gflops"] / 1000, "tf32": None, "half": cpu["bf16_gflops"] / 1000,
-            "source": cpu["how"]}
+    return {
+        "device": "cpu",
+        "fp32": cpu["fp32_gflops"] / 1000,
+        "tf32": None,
+        "half": cpu["bf16_gflops"] / 1000,
+        "source": cpu["how"],
+    }
 
 
 def _precision_peak(peaks: dict, amp: str) -> tuple[float | None, str]:
@@ -110,8 +126,16 @@ def _half(device: str) -> str:
     return "fp16" if device.startswith("cuda") and not torch.cuda.is_bf16_supported() else "bf16"
 
 
-def precision_grid(params: Params, name: str, folder: str, device: str, s, peaks: dict,
-                   precisions: dict[str, tuple[str, str, bool]], log=print) -> dict:
+def precision_grid(
+    params: Params,
+    name: str,
+    folder: str,
+    device: str,
+    s,
+    peaks: dict,
+    precisions: dict[str, tuple[str, str, bool]],
+    log=print,
+) -> dict:
     """Our loop on experiment `name` in every precision setting: img/s, memory, MFU."""
     from dcganlab.bench.bench import _isolated, _our_loop
 
@@ -132,8 +156,9 @@ def precision_grid(params: Params, name: str, folder: str, device: str, s, peaks
     return out
 
 
-def bench_gpu(params: Params, s, out: Path | None = None, precisions: dict | None = None, classic=None,
-              log=print) -> dict:
+def bench_gpu(
+    params: Params, s, out: Path | None = None, precisions: dict | None = None, classic=None, log=print
+) -> dict:
     """The measurements above -> `out` (default reports/bench-gpu.json); returns them.
     `precisions` and `classic` (a bench_classic.Setting) default to the full grid and the classic setting."""
     from dcganlab.bench.bench import _isolated, _processed, _reference_loop, machine
@@ -151,9 +176,16 @@ def bench_gpu(params: Params, s, out: Path | None = None, precisions: dict | Non
     peaks = peak_tflops(device)
     half = _half(device)
     auto = AUTO.replace("half", half)
-    result: dict = {"settings": asdict(s), "machine": machine(), "device": device, "peak_tflops": peaks,
-                    "baseline": baseline, "precisions": {k.replace("half", half): dict(zip(("amp", "channels_last",
-                                                         "compile"), v)) for k, v in precisions.items()}}
+    result: dict = {
+        "settings": asdict(s),
+        "machine": machine(),
+        "device": device,
+        "peak_tflops": peaks,
+        "baseline": baseline,
+        "precisions": {
+            k.replace("half", half): dict(zip(("amp", "channels_last", "compile"), v)) for k, v in precisions.items()
+        },
+    }
     work = Path(tempfile.mkdtemp(prefix="dcganlab-bench-gpu-"))
     try:
         folder, result["data"] = _processed(params, params.experiments[baseline].dataset, work)
@@ -161,18 +193,26 @@ def bench_gpu(params: Params, s, out: Path | None = None, precisions: dict | Non
 
         classic_params = load_params(make_project(params, classic, work / "classic"))
         classic_folder = str(work / "classic" / "data" / "processed" / "bench")
-        result["train"]["classic-setting"] = precision_grid(classic_params, "bench", classic_folder, device, s, peaks,
-                                                           precisions, log)
+        result["train"]["classic-setting"] = precision_grid(
+            classic_params, "bench", classic_folder, device, s, peaks, precisions, log
+        )
         log("bench --gpu: the classic loop (ImageFolder + DataLoader, fp32) at its own setting")
         ref = _isolated(_reference_loop, classic_params, "bench", classic_folder, device, s, 2, workers=True)
         peak, against = _precision_peak(peaks, "off")  # the classic loop trains in fp32
         flops = flops_per_image(classic_params, "bench", classic.channels, classic.image_size, 0)
-        ref.update(flops_per_image=flops, mfu=flops * ref["images_per_s"] / (peak * 1e12) if peak else None,
-                   mfu_against=f"{against}: {peak} TFLOP/s" if peak else "unknown peak")
+        ref.update(
+            flops_per_image=flops,
+            mfu=flops * ref["images_per_s"] / (peak * 1e12) if peak else None,
+            mfu_against=f"{against}: {peak} TFLOP/s" if peak else "unknown peak",
+        )
         ours = result["train"]["classic-setting"].get(auto) or next(iter(result["train"]["classic-setting"].values()))
-        result["reference"] = {**ref, "setting": asdict(classic), "ours": f"{ours['amp']}, channels_last "
-                               f"{ours['channels_last']}", "how": "torchvision ImageFolder over PNGs + PIL decode + "
-                               "transforms, DataLoader(num_workers=2, shuffle), fp32, .item() per step"}
+        result["reference"] = {
+            **ref,
+            "setting": asdict(classic),
+            "ours": f"{ours['amp']}, channels_last {ours['channels_last']}",
+            "how": "torchvision ImageFolder over PNGs + PIL decode + "
+            "transforms, DataLoader(num_workers=2, shuffle), fp32, .item() per step",
+        }
         result["speedup_vs_classic"] = ours["images_per_s"] / ref["images_per_s"]
         result["speedup_goal"] = 2.0
     finally:
@@ -192,10 +232,15 @@ def table(r: dict) -> str:
             rows.append((f"{setting} (batch {m['batch_size']}) {label}", f"{m['images_per_s']:.0f} img/s", mfu, mem))
     ref = r["reference"]
     ref_mfu = f"{100 * ref['mfu']:.1f}% MFU" if ref.get("mfu") is not None else "MFU n/a"
-    rows += [("classic loop at its setting (fp32, PNG + 2 loader workers)", f"{ref['images_per_s']:.0f} img/s", ref_mfu,
-              ""),
-             (f"ours ({ref['ours']}) vs classic (goal >= {r['speedup_goal']:.0f}x)",
-              f"{r['speedup_vs_classic']:.2f}x", "", "")]
+    rows += [
+        ("classic loop at its setting (fp32, PNG + 2 loader workers)", f"{ref['images_per_s']:.0f} img/s", ref_mfu, ""),
+        (
+            f"ours ({ref['ours']}) vs classic (goal >= {r['speedup_goal']:.0f}x)",
+            f"{r['speedup_vs_classic']:.2f}x",
+            "",
+            "",
+        ),
+    ]
     width = max(len(a) for a, *_ in rows)
     head = f"device {r['device']} ({r['peak_tflops']['device']}); peaks: {r['peak_tflops']['source']}"
     return "\n".join([head] + [f"{a:<{width}}  {b:>12}  {c:>10}  {d:>8}" for a, b, c, d in rows])

@@ -9,6 +9,7 @@ result into one JSON.
 2 x the combined KID subset std. `summary` folds OUT_DIR/steps/*.json (one per script step),
 the bench and the quality verdict into OUT_DIR/gpu-check.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,12 +34,18 @@ def quality(gpu: dict, cpu: dict) -> dict:
     keys = ("epochs", "fid", "kid", "kid_std", "fid_real_floor", "extractor")
     out = {"gpu": {k: gpu.get(k) for k in keys}, "cpu": {k: cpu.get(k) for k in keys}}
     if gpu.get("epochs") != cpu.get("epochs"):
-        return {**out, "within_noise": None,
-                "rule": f"not comparable: {gpu.get('epochs')} epochs on the GPU, {cpu.get('epochs')} in the CPU run"}
+        return {
+            **out,
+            "within_noise": None,
+            "rule": f"not comparable: {gpu.get('epochs')} epochs on the GPU, {cpu.get('epochs')} in the CPU run",
+        }
     d = gpu["kid"] - cpu["kid"]
     noise = 2 * math.hypot(gpu["kid_std"], cpu["kid_std"])
-    return {**out, "within_noise": abs(d) <= noise,
-            "rule": f"KID difference {d:+.3g} vs noise {noise:.3g} (2 x combined subset std, as claims.compare)"}
+    return {
+        **out,
+        "within_noise": abs(d) <= noise,
+        "rule": f"KID difference {d:+.3g} vs noise {noise:.3g} (2 x combined subset std, as claims.compare)",
+    }
 
 
 def _read(path: Path):
@@ -54,13 +61,19 @@ def summary(out: Path) -> dict:
             result[name] = _read(out / f"{name}.json")
     bench = _read(out / "bench-gpu.json")
     if bench:
-        result["bench"] = {"device": bench["device"], "peak_tflops": bench["peak_tflops"],
-                           "speedup_vs_classic": bench["speedup_vs_classic"],
-                           "train": {setting: {label: {k: m.get(k) for k in ("images_per_s", "mfu", "mfu_against",
-                                                                             "cuda_peak_allocated_mb")}
-                                               for label, m in grid.items()}
-                                     for setting, grid in bench["train"].items()},
-                           "classic_images_per_s": bench["reference"]["images_per_s"]}
+        result["bench"] = {
+            "device": bench["device"],
+            "peak_tflops": bench["peak_tflops"],
+            "speedup_vs_classic": bench["speedup_vs_classic"],
+            "train": {
+                setting: {
+                    label: {k: m.get(k) for k in ("images_per_s", "mfu", "mfu_against", "cuda_peak_allocated_mb")}
+                    for label, m in grid.items()
+                }
+                for setting, grid in bench["train"].items()
+            },
+            "classic_images_per_s": bench["reference"]["images_per_s"],
+        }
     write_json(out / "gpu-check.json", result)
     return result
 
@@ -82,7 +95,9 @@ def main(argv: list[str]) -> int:
         gpu_path, cpu_path, name, out = args
         verdict = quality(json.loads(Path(gpu_path).read_text()), json.loads(Path(cpu_path).read_text())[name])
         write_json(Path(out), verdict)
-        print(f"quality {name}: this run FID {verdict['gpu']['fid']:.3f} vs CPU {verdict['cpu']['fid']:.3f}; {verdict['rule']}")
+        print(
+            f"quality {name}: this run FID {verdict['gpu']['fid']:.3f} vs CPU {verdict['cpu']['fid']:.3f}; {verdict['rule']}"
+        )
         return 0 if verdict["within_noise"] is not False else 1
     if command == "tests":
         junit, out = args

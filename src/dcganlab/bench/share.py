@@ -12,6 +12,7 @@ project at our default setting, `epochs` epochs):
 `threads` is written into the projects' `train.threads`: 0 (the share, the default) or a fixed
 count (the number of cores was torch's default before cpu_share.py: the oversubscribed case).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,14 @@ def _project(params, s: Setting, root: Path, epochs: int, threads: int) -> Path:
 def _start(params_file: Path) -> subprocess.Popen:
     root = params_file.parent
     fresh_training(root)
-    return subprocess.Popen([sys.executable, "-m", "dcganlab", "train", "bench", "-p", str(params_file)], cwd=root,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dcganlab", "train", "bench", "-p", str(params_file)],
+        cwd=root,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, params_file: Path) -> dict:
@@ -62,15 +69,20 @@ def _train(params_file: Path) -> dict:
 
 def beside_a_neighbour(params_file: Path) -> dict:
     alone = _train(params_file)
-    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    neighbour = subprocess.Popen(
+        [sys.executable, "-c", NEIGHBOUR], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         time.sleep(1.0)  # torch imported, its threads spinning
         beside = _train(params_file)
     finally:
         neighbour.kill()
         neighbour.wait()
-    return {"alone": alone, "beside_neighbour": beside,
-            "kept": round(beside["images_per_s"] / alone["images_per_s"], 3)}
+    return {
+        "alone": alone,
+        "beside_neighbour": beside,
+        "kept": round(beside["images_per_s"] / alone["images_per_s"], 3),
+    }
 
 
 def two_at_once(first: Path, second: Path) -> dict:
@@ -80,8 +92,13 @@ def two_at_once(first: Path, second: Path) -> dict:
     together = [_finish(p, f) for p, f in zip(procs, (first, second))]
     together_s = round(time.perf_counter() - t0, 2)
     serial_s = round(sum(r["wall_s"] for r in serial), 2)
-    return {"serial_wall_s": serial_s, "together_wall_s": together_s, "serial": serial, "together": together,
-            "together_vs_serial": round(serial_s / together_s, 3)}
+    return {
+        "serial_wall_s": serial_s,
+        "together_wall_s": together_s,
+        "serial": serial,
+        "together": together,
+        "together_vs_serial": round(serial_s / together_s, 3),
+    }
 
 
 def sharing(params, s: Setting, work: Path, epochs: int = 8, threads: int = 0, log=print) -> dict:
@@ -89,7 +106,15 @@ def sharing(params, s: Setting, work: Path, epochs: int = 8, threads: int = 0, l
     log(f"bench: sharing the CPU, train.threads={threads} ({epochs} epochs of {s.images} digits)")
     first = _project(params, replace(s, name="share-a"), work / "share-a", epochs, threads)
     second = _project(params, replace(s, name="share-b"), work / "share-b", epochs, threads)
-    return {"setting": {"epochs": epochs, "images": s.images, "image_size": s.image_size, "batch_size": s.batch_size,
-                        "threads": threads or "share"},
-            "neighbour": NEIGHBOUR.replace("\n", "; ").strip("; "),
-            **beside_a_neighbour(first), "two_at_once": two_at_once(first, second)}
+    return {
+        "setting": {
+            "epochs": epochs,
+            "images": s.images,
+            "image_size": s.image_size,
+            "batch_size": s.batch_size,
+            "threads": threads or "share",
+        },
+        "neighbour": NEIGHBOUR.replace("\n", "; ").strip("; "),
+        **beside_a_neighbour(first),
+        "two_at_once": two_at_once(first, second),
+    }

@@ -6,6 +6,7 @@ expected. Directories are built under a temp name and swapped in whole. A write 
 A killed process leaves its temp entries behind (gigabytes for a dataset): the next write of
 the same path removes those whose process is gone.
 """
+
 from __future__ import annotations
 
 import json

@@ -23,6 +23,7 @@ others still leave it its share). The last bits of a training's weights depend o
 count (oneDNN splits its reductions by thread), so for bit-identical reruns on a machine whose
 load changes, fix `train.threads`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ADJUST_EVERY_S = 2.0   # how often a training re-reads the registry and /proc/stat
+ADJUST_EVERY_S = 2.0  # how often a training re-reads the registry and /proc/stat
 REGISTRY_ENV = "DCGANLAB_STAGE_REGISTRY"  # tests point this at a temp folder
 
 
@@ -98,6 +99,7 @@ def registry_dir() -> Path:
 @dataclass
 class Entry:
     """This process's file in the registry, held with a shared flock until the process ends."""
+
     path: Path
     fd: int
 
@@ -166,6 +168,7 @@ def _busy_ticks(cores: set[int], stat: str) -> int:
 @dataclass
 class BusyMeter:
     """Cores kept busy by other processes, measured between two calls of `read`."""
+
     cores: set[int]
     stat: Path = Path("/proc/stat")
     last: tuple[float, int, float] | None = None  # (wall, busy ticks, own CPU seconds)
@@ -201,11 +204,11 @@ class Share:
     stage: str
     cores: set[int]
     usable: int
-    fixed: int = 0                 # train.threads: > 0 fixes the count
+    fixed: int = 0  # train.threads: > 0 fixes the count
     entry: Entry | None = None
     meter: BusyMeter | None = None
     threads: int = 0
-    checked: float = 0.0            # when the registry and /proc/stat were last read (monotonic)
+    checked: float = 0.0  # when the registry and /proc/stat were last read (monotonic)
 
     def adjust(self, force: bool = False) -> int:
         """Re-read the registry and /proc/stat (every ADJUST_EVERY_S at most) and set torch's

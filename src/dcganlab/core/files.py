@@ -10,6 +10,7 @@ run code. The remedy depends on who owns the file (`dvc_output`, `CHECKPOINT`, `
 Writes fail here too: `cannot_write` turns an OSError of an atomic write (a full disk, a
 read-only folder) into a line naming the file; atomic.py keeps the previous file in place.
 """
+
 from __future__ import annotations
 
 import errno

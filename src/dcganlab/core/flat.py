@@ -3,6 +3,7 @@
 reports/metrics.json (the report stage, read by `dvc metrics show/diff`) and the metrics an
 evaluation logs to MLflow use the same names, e.g. `class_accuracy.mean`.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,5 +22,8 @@ def flatten(obj: dict, prefix: str = "") -> dict:
 
 def numbers(obj: dict) -> dict:
     """`flatten`, finite numbers only, as floats: what MLflow takes as metrics (no None, bool, text)."""
-    return {key: float(value) for key, value in flatten(obj).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in flatten(obj).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }

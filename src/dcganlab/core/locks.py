@@ -17,6 +17,7 @@ repro`, not a `dcganlab train` started beside it. The lock is an OS file lock (`
 Under torchrun only rank 0 takes it (one lock per training). Without `fcntl` (Windows) there
 is no lock. Over NFS, `flock` is emulated with `fcntl` byte-range locks (Linux >= 2.6.12).
 """
+
 from __future__ import annotations
 
 import json
@@ -65,10 +66,15 @@ def experiment_lock(root: Path, experiment: str, stage: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{experiment} is in use by {_holder(fd)}; wait for it to finish or stop it "
-                            f"(lock: {path})") from None
-        me = {"stage": stage, "pid": os.getpid(), "host": socket.gethostname(),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            raise UserError(
+                f"{experiment} is in use by {_holder(fd)}; wait for it to finish or stop it (lock: {path})"
+            ) from None
+        me = {
+            "stage": stage,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         yield

@@ -4,6 +4,7 @@ Dataset and experiment names become single folder or file names: params validati
 only letters, digits, '-' and '_', and `_part` refuses anything that could leave its folder
 even if a caller skipped that validation.
 """
+
 from __future__ import annotations
 
 import re

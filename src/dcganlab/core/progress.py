@@ -8,6 +8,7 @@ an epoch over 54,000 images used to print nothing for minutes. So:
   $DCGANLAB_PROGRESS_SECONDS seconds (default 30), e.g.
   `train digits-dcgan epoch 3/20: step 120/140 (86%), 812 img/s, ETA 0:00:03 (all epochs 0:04:10)`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ def _rate(rate: float) -> str:
     return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
 
 
-def status_line(desc: str, done: int, total: int | None, noun: str, rate: float, unit: str,
-                after: int = 0, per_item: int = 1) -> str:
+def status_line(
+    desc: str, done: int, total: int | None, noun: str, rate: float, unit: str, after: int = 0, per_item: int = 1
+) -> str:
     """`desc: noun done/total (pct%), rate unit/s, ETA h:mm:ss` (+ the ETA of `after` more items);
     without a known total: `desc: noun done, rate unit/s`."""
     if not total:
@@ -49,9 +51,19 @@ def status_line(desc: str, done: int, total: int | None, noun: str, rate: float,
     return line
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, *, initial: int = 0, noun: str = "step",
-             unit: str = "it", per_item: int = 1, after: int = 0, enabled: bool = True,
-             leave: bool = False) -> Iterator[T]:
+def progress(
+    items: Iterable[T],
+    desc: str,
+    total: int | None = None,
+    *,
+    initial: int = 0,
+    noun: str = "step",
+    unit: str = "it",
+    per_item: int = 1,
+    after: int = 0,
+    enabled: bool = True,
+    leave: bool = False,
+) -> Iterator[T]:
     """Iterate `items`, showing progress. `total` counts items (default len(items)) and `initial` those
     done before (a resumed epoch); each item is `per_item` `unit`s for the rate (e.g. a step = a batch
     of images); `after`: items still to come after these, for a second ETA (the remaining epochs)."""
@@ -62,8 +74,9 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, *, initial
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        return iter(tqdm(items, desc=desc, total=total, initial=initial, leave=leave,
-                         unit=unit if per_item == 1 else "it"))
+        return iter(
+            tqdm(items, desc=desc, total=total, initial=initial, leave=leave, unit=unit if per_item == 1 else "it")
+        )
     return _lines(items, desc, total, initial, noun, unit, per_item, after)
 
 

@@ -13,6 +13,7 @@ Faults: a run deleted in the UI is continued in a new run tagged `replaces_delet
 SIGKILL left open (a RUNNING run, a PENDING logged model) is ended at the next start (`settle`,
 under the experiment's lock, locks.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def _executor_base(path: Path) -> Path | None:
     """The repository whose `.dvc/tmp/exps/` holds `path` (a DVC executor copy), else None."""
     parts = path.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return None
 
@@ -156,8 +157,10 @@ def connect(params: Params):
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:
-            raise UserError(f"MLflow tracking server {redact_uri(uri)} is not reachable ({type(exc).__name__}); "
-                            f"start it or set tracking.uri") from None
+            raise UserError(
+                f"MLflow tracking server {redact_uri(uri)} is not reachable ({type(exc).__name__}); "
+                f"start it or set tracking.uri"
+            ) from None
     return mlflow
 
 
@@ -187,8 +190,18 @@ def ui_command(params: Params, host: str, port: int) -> tuple[list[str] | None, 
     uri = tracking_uri(params)
     if uri.startswith(("http://", "https://")):
         return None, uri.rstrip("/")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return command, f"http://{host}:{port}"
 
 
@@ -202,8 +215,10 @@ def ui_links(params: Params, base: str) -> list[str]:
     experiments = sorted((e for e in mlflow.search_experiments() if e.name != "Default"), key=lambda e: e.name)
     if not experiments:
         return [f"MLflow UI: {redact_uri(base)}/ (no experiments yet: run `dvc repro` or `dcganlab train`)"]
-    return [f"{e.name}: {redact_uri(base)}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
-            for e in experiments]
+    return [
+        f"{e.name}: {redact_uri(base)}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
+        for e in experiments
+    ]
 
 
 # The version tag of a registered per-epoch generator (quality's `champion`): its epoch. Versions
@@ -236,7 +251,9 @@ def _saved_run(mlflow, state: Path) -> tuple:
     """(the run id in the state dir or None, that run if the current store has it or None)."""
     if not paths.run_file(state).is_file():
         return None, None
-    run_id = read_json(paths.run_file(state), "MLflow run id", "delete it (training then starts a new MLflow run)")["run_id"]
+    run_id = read_json(paths.run_file(state), "MLflow run id", "delete it (training then starts a new MLflow run)")[
+        "run_id"
+    ]
     try:
         return run_id, mlflow.get_run(run_id)
     except Exception:
@@ -259,8 +276,13 @@ def _dataset_experiment(mlflow, params: Params, dataset: str) -> str:
 
 
 def _run_tags(params: Params, experiment: str, dataset: str, variant: str, previous: str | None) -> dict:
-    tags = {"variant": variant, "dataset": dataset, "experiment": experiment, "git_commit": git_commit(params.root),
-            **dvc_tags()}
+    tags = {
+        "variant": variant,
+        "dataset": dataset,
+        "experiment": experiment,
+        "git_commit": git_commit(params.root),
+        **dvc_tags(),
+    }
     if previous:  # the run this one continues: the checkpoint's (training) or the model's (other stages)
         tags["continued_from"] = previous
     return tags
@@ -282,8 +304,9 @@ def training_run(params: Params, experiment: str, dataset: str, variant: str, st
         run = mlflow.start_run(run_id=saved.info.run_id)
     else:
         tags = {**_run_tags(params, experiment, dataset, variant, run_id), **replaces}
-        run = mlflow.start_run(experiment_id=_dataset_experiment(mlflow, params, dataset), run_name=experiment,
-                               tags=tags)
+        run = mlflow.start_run(
+            experiment_id=_dataset_experiment(mlflow, params, dataset), run_name=experiment, tags=tags
+        )
     if run.info.run_id != run_id:
         write_json(paths.run_file(state), {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     try:
@@ -309,8 +332,12 @@ def _experiment_run(mlflow, params: Params, state: Path, run_id: str | None, sav
     name = next((n for n in params.experiments if paths.state_dir(params.root, n) == state), state.parent.name)
     exp_id = _dataset_experiment(mlflow, params, params.experiment(name).dataset)
     dvc = dvc_tags()
-    for run in mlflow.search_runs([exp_id], filter_string=f"tags.experiment = '{name}'", output_format="list",
-                                  order_by=["attributes.start_time DESC"]):
+    for run in mlflow.search_runs(
+        [exp_id],
+        filter_string=f"tags.experiment = '{name}'",
+        output_format="list",
+        order_by=["attributes.start_time DESC"],
+    ):
         if all(run.data.tags.get(tag) == value for tag, value in dvc.items()):
             return run.info.run_id
     return _copied_run(mlflow, params, name, exp_id, run_id, saved)
@@ -323,11 +350,12 @@ def _copied_run(mlflow, params: Params, name: str, exp_id: str, run_id: str | No
 
     e = params.experiment(name)
     client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, tags={**_run_tags(params, name, e.dataset, e.variant, run_id), **tags},
-                            run_name=name)
+    run = client.create_run(
+        exp_id, tags={**_run_tags(params, name, e.dataset, e.variant, run_id), **tags}, run_name=name
+    )
     copied = [Param(k, v) for k, v in (saved.data.params if saved is not None else {}).items()]
     for i in range(0, len(copied), 100):  # MLflow's log_batch limit
-        client.log_batch(run.info.run_id, params=copied[i: i + 100])
+        client.log_batch(run.info.run_id, params=copied[i : i + 100])
     return run.info.run_id
 
 
@@ -360,14 +388,21 @@ def _deleted(run) -> bool:
 
 
 def _say_replaced(experiment: str, run_id: str) -> None:
-    print(f"{experiment}: MLflow run {run_id} was deleted; logging to a new run tagged {REPLACES}={run_id}",
-          file=sys.stderr)
+    print(
+        f"{experiment}: MLflow run {run_id} was deleted; logging to a new run tagged {REPLACES}={run_id}",
+        file=sys.stderr,
+    )
 
 
 def _replacement(mlflow, deleted):
     """The run that an earlier train or evaluate already made in place of `deleted`, or None."""
-    found = mlflow.search_runs([deleted.info.experiment_id], filter_string=f"tags.{REPLACES} = '{deleted.info.run_id}'",
-                               output_format="list", order_by=["attributes.start_time DESC"], max_results=1)
+    found = mlflow.search_runs(
+        [deleted.info.experiment_id],
+        filter_string=f"tags.{REPLACES} = '{deleted.info.run_id}'",
+        output_format="list",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return found[0] if found else None
 
 
@@ -381,8 +416,15 @@ def _undeleted(mlflow, params: Params, state: Path, deleted) -> str:
         return found.info.run_id
     name = deleted.data.tags.get("experiment") or state.parent.name
     _say_replaced(name, deleted.info.run_id)
-    return _copied_run(mlflow, params, name, deleted.info.experiment_id, deleted.info.run_id, deleted,
-                       **{REPLACES: deleted.info.run_id})
+    return _copied_run(
+        mlflow,
+        params,
+        name,
+        deleted.info.experiment_id,
+        deleted.info.run_id,
+        deleted,
+        **{REPLACES: deleted.info.run_id},
+    )
 
 
 # ---------------------------------------------------------------- what a killed process left behind

@@ -3,6 +3,7 @@
 detect (frontal-face cascade) -> keep the largest face -> square crop with a margin,
 kept inside the image -> resize -> 1 or 3 channels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def center_square(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    return rgb[top: top + side, left: left + side]
+    return rgb[top : top + side, left : left + side]
 
 
 def finish(rgb: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -98,4 +99,8 @@ def process_image(path: Path, s: CropSettings) -> tuple[np.ndarray | None, str, 
     if box is None:
         return None, "no_face", "Haar cascade found no frontal face"
     left, top, side = square_box(box, w, h, s.margin)
-    return finish(rgb[top: top + side, left: left + side], s.image_size, s.channels), "kept", f"face {box[2]}x{box[3]}"
+    return (
+        finish(rgb[top : top + side, left : left + side], s.image_size, s.channels),
+        "kept",
+        f"face {box[2]}x{box[3]}",
+    )

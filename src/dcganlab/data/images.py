@@ -5,6 +5,7 @@ CMYK, grayscale, animated files (first frame), and refuses decompression bombs f
 header alone, before any pixel is decoded. Every failure is a `Skip` with a status
 (the category counted in stats.json) and a one-line reason; nothing else escapes.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,9 +20,13 @@ EMPTY, NOT_AN_IMAGE, TRUNCATED, UNREADABLE, TOO_LARGE = "empty", "not_an_image",
 ORIENTATION = 0x0112
 # EXIF orientation -> numpy ops that make the pixels upright (the same as ImageOps.exif_transpose)
 _UPRIGHT = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1),
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
 }
 
 
@@ -81,7 +86,8 @@ def _why(exc: Exception) -> Skip:
     if isinstance(exc, UnidentifiedImageError):
         return Skip(NOT_AN_IMAGE, "not a recognised image format")
     if isinstance(exc, (OSError, SyntaxError, EOFError)) and any(
-            s in msg.lower() for s in ("truncated", "end of file", "broken data stream", "unexpected end")):
+        s in msg.lower() for s in ("truncated", "end of file", "broken data stream", "unexpected end")
+    ):
         return Skip(TRUNCATED, msg)
     if isinstance(exc, Image.DecompressionBombError):
         return Skip(TOO_LARGE, msg)

@@ -10,6 +10,7 @@
 
 `faces` is the same per-image work as a standalone tool on any folder of photos.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -52,8 +53,9 @@ def process_all(files: list[Path], s: CropSettings, workers: int = 1, desc: str 
         try:
             return list(progress(pool.map(_work, jobs, chunksize=16), desc, **bar))
         except BrokenProcessPool:
-            raise UserError(f"{desc}: a worker process died while decoding an image; rerun with "
-                            f"workers=1 to see which file") from None
+            raise UserError(
+                f"{desc}: a worker process died while decoding an image; rerun with workers=1 to see which file"
+            ) from None
 
 
 def _class_order(labels: list[str]) -> list[str]:
@@ -71,13 +73,14 @@ def _raw_files(raw: Path, manifest: pd.DataFrame) -> list[Path]:
         except ValueError as why:
             bad.append(f"line {row} '{rel}' ({why})")
     if bad:
-        raise UserError(f"{raw / 'manifest.csv'}: {len(bad)} file path(s) outside {raw}, refusing to read: "
-                        f"{'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+        raise UserError(
+            f"{raw / 'manifest.csv'}: {len(bad)} file path(s) outside {raw}, refusing to read: "
+            f"{'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
     return files
 
 
-def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, seed: int = 0,
-            workers: int = 1) -> dict:
+def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, seed: int = 0, workers: int = 1) -> dict:
     """Process `raw/` (fetch's output) into `out/`; return the stats."""
     manifest_path = raw / "manifest.csv"
     if not manifest_path.is_file():
@@ -114,8 +117,11 @@ def prepare(raw: Path, out: Path, s: CropSettings, test_fraction: float = 0.1, s
     rows["index"] = index
     rows["split"] = [("test" if split[j] else "train") if j >= 0 else "" for j in index]
 
-    ignored = read_csv(raw / IGNORED_CSV, "fetch's ignored list", remedy, dtype=str, keep_default_na=False) \
-        if (raw / IGNORED_CSV).is_file() else None
+    ignored = (
+        read_csv(raw / IGNORED_CSV, "fetch's ignored list", remedy, dtype=str, keep_default_na=False)
+        if (raw / IGNORED_CSV).is_file()
+        else None
+    )
     stats = {
         "images_in": len(results),
         # folder source: entries fetch did not read (hidden, links out of the folder, ...), by reason
@@ -143,8 +149,9 @@ def crop_names(rels: list[Path]) -> list[Path]:
     share it (a.jpg and a.png): then the input's full name + .png (a.jpg.png)."""
     plain = [rel.with_suffix(".png") for rel in rels]
     taken = Counter(plain)
-    return [p if taken[p] == 1 or rel.suffix == ".png" else rel.with_name(rel.name + ".png")
-            for rel, p in zip(rels, plain)]
+    return [
+        p if taken[p] == 1 or rel.suffix == ".png" else rel.with_name(rel.name + ".png") for rel, p in zip(rels, plain)
+    ]
 
 
 def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> pd.DataFrame:
@@ -172,12 +179,18 @@ def prepare_folder(src: Path, out: Path, s: CropSettings, workers: int = 1) -> p
     rows += [{"file": rel, "status": "ignored", "reason": why, "crop": ""} for rel, why in ignored]
     manifest = pd.DataFrame(rows, columns=["file", "status", "reason", "crop"])
     write_csv(out / "manifest.csv", manifest)
-    write_json(out / "stats.json", {
-        "images_in": len(files), "kept": int((manifest["status"] == "kept").sum()),
-        "discarded": {k: v for k, v in sorted(Counter(r[1] for r in results).items()) if k != "kept"},
-        "ignored": dict(sorted(Counter(why for _, why in ignored).items())),
-        "image_size": s.image_size, "channels": s.channels, "detect_faces": s.detect_faces,
-    })
+    write_json(
+        out / "stats.json",
+        {
+            "images_in": len(files),
+            "kept": int((manifest["status"] == "kept").sum()),
+            "discarded": {k: v for k, v in sorted(Counter(r[1] for r in results).items()) if k != "kept"},
+            "ignored": dict(sorted(Counter(why for _, why in ignored).items())),
+            "image_size": s.image_size,
+            "channels": s.channels,
+            "detect_faces": s.detect_faces,
+        },
+    )
     if not (manifest["status"] == "kept").any():
         raise UserError(f"no face found in any of {len(files)} images in {src} (see {out / 'manifest.csv'})")
     return manifest

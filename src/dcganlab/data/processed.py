@@ -1,5 +1,6 @@
 """The processed dataset (data/processed/<name>/, written by the prepare stage): pre-decoded
 uint8 images N x C x H x W, labels, split (0 train, 1 test) and stats.json."""
+
 from __future__ import annotations
 
 from pathlib import Path

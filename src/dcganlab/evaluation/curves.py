@@ -1,4 +1,5 @@
 """Quality curves (reports/quality/<exp>.csv: FID per saved epoch) and what they choose."""
+
 from __future__ import annotations
 
 import pandas as pd

@@ -11,6 +11,7 @@ training split (so FID/KID have one scale across datasets and extractor kinds).
   no labels and is trained to keep what distinguishes one image of the domain from another,
   which is what the Frechet distance compares.
 """
+
 from __future__ import annotations
 
 import time
@@ -79,24 +80,43 @@ def to_working_size(x: torch.Tensor, work: int) -> torch.Tensor:
 class DomainNet(nn.Module):
     """forward(x in [-1, 1]) -> (B, num_features) features, as torchmetrics expects."""
 
-    def __init__(self, channels: int, image_size: int, num_features: int = 128, num_classes: int = 0,
-                 work: int | None = None, black_level: float = 0.0, lowpass: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        num_features: int = 128,
+        num_classes: int = 0,
+        work: int | None = None,
+        black_level: float = 0.0,
+        lowpass: bool = True,
+    ):
         super().__init__()
         self.num_features = num_features
         # work None: an extractor saved before working sizes (native size, no low-pass)
         self.work = image_size if work is None else work
         self.encoder = Encoder(
-            self.work, lowpass and work is not None, black_level,
-            nn.Conv2d(channels, 32, 3, 2, 1), nn.ReLU(True),
-            nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(True),
-            nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(True),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            self.work,
+            lowpass and work is not None,
+            black_level,
+            nn.Conv2d(channels, 32, 3, 2, 1),
+            nn.ReLU(True),
+            nn.Conv2d(32, 64, 3, 2, 1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(True),
+            nn.Conv2d(64, 128, 3, 2, 1),
+            nn.BatchNorm2d(128),
+            nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
             nn.Linear(512, num_features),  # linear bottleneck: no dead units in the features
         )
         out = channels * self.work * self.work  # the autoencoder reconstructs the working-size image
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(num_features, num_classes)) if num_classes else None
-        self.decoder = None if num_classes else nn.Sequential(nn.ReLU(), nn.Linear(num_features, 512), nn.ReLU(True),
-                                                              nn.Linear(512, out), nn.Tanh())
+        self.decoder = (
+            None
+            if num_classes
+            else nn.Sequential(nn.ReLU(), nn.Linear(num_features, 512), nn.ReLU(True), nn.Linear(512, out), nn.Tanh())
+        )
         self.shape = (channels, self.work, self.work)
         # per-feature standardisation, fitted on the real training split after training, so
         # FID/KID have the same scale whatever the dataset and extractor kind
@@ -136,13 +156,25 @@ def train_extractor(data: dict, p: ExtractorParams, seed: int, out: Path, datase
     _fit(net, x_train, y_train, p, seed, dataset)
     net.eval()
     _standardise(net, x_train)
-    x_eval, y_eval = (torch.as_tensor(images[test]), torch.as_tensor(labels[test])) if test.any() else (x_train, y_train)
-    info = {"dataset": dataset, "kind": "classifier" if labeled else "autoencoder", "features": p.features,
-            "channels": channels, "image_size": size, "classes": classes if labeled else [],
-            "train_images": int(train.sum()), "quality_split": "test" if test.any() else "train",
-            **_quality(net, x_eval, y_eval, labeled),
-            "work_size": work, "black_level": black, "lowpass": robust,
-            "lr_schedule": p.lr_schedule, "train_seconds": time.perf_counter() - t0}
+    x_eval, y_eval = (
+        (torch.as_tensor(images[test]), torch.as_tensor(labels[test])) if test.any() else (x_train, y_train)
+    )
+    info = {
+        "dataset": dataset,
+        "kind": "classifier" if labeled else "autoencoder",
+        "features": p.features,
+        "channels": channels,
+        "image_size": size,
+        "classes": classes if labeled else [],
+        "train_images": int(train.sum()),
+        "quality_split": "test" if test.any() else "train",
+        **_quality(net, x_eval, y_eval, labeled),
+        "work_size": work,
+        "black_level": black,
+        "lowpass": robust,
+        "lr_schedule": p.lr_schedule,
+        "train_seconds": time.perf_counter() - t0,
+    }
     save_torch(out, {"state_dict": net.state_dict(), "info": info})
     write_json(out.with_suffix(".json"), info)
     return info
@@ -158,9 +190,14 @@ def _fit(net: DomainNet, x: torch.Tensor, y: torch.Tensor, p: ExtractorParams, s
     net.train()
     for epoch in range(1, p.epochs + 1):
         perm = torch.randperm(len(x), generator=gen)
-        for i in progress(range(0, len(perm), p.batch_size), f"extractor {dataset} epoch {epoch}/{p.epochs}",
-                          unit="img", per_item=p.batch_size, after=(p.epochs - epoch) * per_epoch):
-            idx = perm[i: i + p.batch_size]
+        for i in progress(
+            range(0, len(perm), p.batch_size),
+            f"extractor {dataset} epoch {epoch}/{p.epochs}",
+            unit="img",
+            per_item=p.batch_size,
+            after=(p.epochs - epoch) * per_epoch,
+        ):
+            idx = perm[i : i + p.batch_size]
             if len(idx) < 2:
                 continue
             loss = net.loss(to_float(x[idx]), y[idx])
@@ -172,7 +209,7 @@ def _fit(net: DomainNet, x: torch.Tensor, y: torch.Tensor, p: ExtractorParams, s
 
 
 def _batches(x: torch.Tensor, size: int = 500):
-    return (to_float(x[i: i + size]) for i in range(0, len(x), size))
+    return (to_float(x[i : i + size]) for i in range(0, len(x), size))
 
 
 @torch.no_grad()
@@ -188,7 +225,7 @@ def _quality(net: DomainNet, x: torch.Tensor, y: torch.Tensor, labeled: bool) ->
     if labeled:
         pred = torch.cat([net.head(net.encoder(b)).argmax(1) for b in _batches(x)])
         return {"test_accuracy": float((pred == y).float().mean())}
-    ys = (y[i: i + 500] for i in range(0, len(x), 500))
+    ys = (y[i : i + 500] for i in range(0, len(x), 500))
     return {"test_mse": float(sum(net.loss(b, yb) * len(b) for b, yb in zip(_batches(x), ys)) / len(x))}
 
 
@@ -198,14 +235,21 @@ def load_extractor(path: Path) -> tuple[DomainNet, dict]:
     remedy = dvc_output(path, f"extractor@{path.stem}")
     blob = load_torch(path, "feature extractor", remedy, keys=("state_dict", "info"))
     info = blob["info"]
-    net = DomainNet(info["channels"], info["image_size"], info["features"], len(info["classes"]),
-                    info.get("work_size"), info.get("black_level", 0.0), info.get("lowpass", True))
+    net = DomainNet(
+        info["channels"],
+        info["image_size"],
+        info["features"],
+        len(info["classes"]),
+        info.get("work_size"),
+        info.get("black_level", 0.0),
+        info.get("lowpass", True),
+    )
     net.load_state_dict(blob["state_dict"])
     return net.eval(), info
 
 
 def describe(info: dict) -> str:
-    q = (f"test acc {info['test_accuracy']:.3f}" if "test_accuracy" in info else f"test mse {info['test_mse']:.4f}")
+    q = f"test acc {info['test_accuracy']:.3f}" if "test_accuracy" in info else f"test mse {info['test_mse']:.4f}"
     return f"domain:{info['dataset']} ({info['kind']}, {info['features']}-d, {q})"
 
 
@@ -215,7 +259,7 @@ def embed(net: nn.Module, images: torch.Tensor, batch: int = 500, desc: str = ""
     starts = range(0, len(images), batch)
     if desc:
         starts = progress(starts, desc, noun="batch", unit="img", per_item=batch)
-    return torch.cat([net(images[i: i + batch]) for i in starts])
+    return torch.cat([net(images[i : i + batch]) for i in starts])
 
 
 @torch.no_grad()
@@ -223,4 +267,6 @@ def predict_classes(net: DomainNet, images: torch.Tensor, batch: int = 500) -> t
     """Class indices from a classifier extractor (labeled datasets)."""
     if net.head is None:
         raise UserError("this extractor is an autoencoder (unlabeled data): it has no classes")
-    return torch.cat([net.head(net.encoder(images[i: i + batch].float())).argmax(1) for i in range(0, len(images), batch)])
+    return torch.cat(
+        [net.head(net.encoder(images[i : i + batch].float())).argmax(1) for i in range(0, len(images), batch)]
+    )

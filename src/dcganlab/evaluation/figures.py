@@ -17,6 +17,7 @@ the result's per-dimension variance at 3 x 1/3 = 1, so it lies where G was train
 - unlabeled faces: no attribute labels (smile, glasses) exist, so the only honest observable
   kind is brightness (mean pixel value: lighting and skin tone together); same A/B/C scheme.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ from dcganlab.gan.sampling import generate, sample_noise, to_grid
 
 PROGRESSION_EPOCHS = (1, 5, 10, 20)  # the issue's epochs; the last saved epoch is added
 FONT = ImageFont.load_default(size=12)
-TITLE_H = 18   # height of a column-title band, pixels
-GAP = 4        # space between cells
+TITLE_H = 18  # height of a column-title band, pixels
+GAP = 4  # space between cells
 WHITE = (255, 255, 255)
 
 
@@ -45,7 +46,9 @@ def _text_width(text: str) -> int:
     return int(math.ceil(FONT.getlength(text)))
 
 
-def labelled_table(cells: list[list[Image.Image]], col_titles: list[str], row_texts: list[str] | None = None) -> Image.Image:
+def labelled_table(
+    cells: list[list[Image.Image]], col_titles: list[str], row_texts: list[str] | None = None
+) -> Image.Image:
     """Images in rows x columns (all cells of a column the same size), a title over each
     column and an optional text to the right of each row; white background."""
     widths = [max(max(row[j].width for row in cells), _text_width(col_titles[j]) + 4) for j in range(len(col_titles))]
@@ -99,8 +102,9 @@ def _tile(image: torch.Tensor, min_side: int = 64) -> Image.Image:
 @torch.no_grad()
 def classify(net, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted class, its probability) from the domain classifier's head."""
-    probs = torch.cat([F.softmax(net.head(net.encoder(images[i: i + batch].float())), 1)
-                       for i in range(0, len(images), batch)])
+    probs = torch.cat(
+        [F.softmax(net.head(net.encoder(images[i : i + batch].float())), 1) for i in range(0, len(images), batch)]
+    )
     p, pred = probs.max(1)
     return pred, p
 
@@ -118,13 +122,22 @@ def _rows_by_class(z, pred, prob, m: int, rows: int, classes: list[str]):
         members[k] = idx[prob[idx].argsort(descending=True)]
     eligible = [k for k in members if len(members[k]) >= 2 * m]
     if len(eligible) < 2:
-        return [], (f"only {len(eligible)} classes have {2 * m} generated samples among {len(z)}; "
-                    "the arithmetic needs two")
+        return [], (
+            f"only {len(eligible)} classes have {2 * m} generated samples among {len(z)}; the arithmetic needs two"
+        )
     out = []
     for r in range(min(rows, len(eligible))):
         a, b = eligible[(r + 1) % len(eligible)], eligible[r]
-        out.append({"A": z[members[a][:m]], "B": z[members[b][:m]], "C": z[members[b][m: 2 * m]], "label": None,
-                    "kinds": (f"'{classes[a]}'", f"'{classes[b]}'", f"other '{classes[b]}'"), "expected": a})
+        out.append(
+            {
+                "A": z[members[a][:m]],
+                "B": z[members[b][:m]],
+                "C": z[members[b][m : 2 * m]],
+                "label": None,
+                "kinds": (f"'{classes[a]}'", f"'{classes[b]}'", f"other '{classes[b]}'"),
+                "expected": a,
+            }
+        )
     return out, None
 
 
@@ -138,22 +151,40 @@ def _rows_by_value(z, value, m: int, rows: int, num_classes: int, words: tuple[s
     out = []
     for r in range(n_rows):
         g = 1 if num_classes else 1 + r
-        out.append({"A": z[order[-m:]], "B": z[order[:m]], "C": z[order[m * g: m * (g + 1)]],
-                    "label": r % num_classes if num_classes else None, "kinds": words, "expected": None})
+        out.append(
+            {
+                "A": z[order[-m:]],
+                "B": z[order[:m]],
+                "C": z[order[m * g : m * (g + 1)]],
+                "label": r % num_classes if num_classes else None,
+                "kinds": words,
+                "expected": None,
+            }
+        )
     return out, None
 
 
 @torch.no_grad()
-def latent_arithmetic(G, z_dim: int, noise: str, num_classes: int, classifier, classes: list[str],
-                      settings: SampleParams, gen: torch.Generator) -> tuple[Image.Image, dict]:
+def latent_arithmetic(
+    G,
+    z_dim: int,
+    noise: str,
+    num_classes: int,
+    classifier,
+    classes: list[str],
+    settings: SampleParams,
+    gen: torch.Generator,
+) -> tuple[Image.Image, dict]:
     """The arithmetic figure and its description (kinds, verdict per row); `settings`: its
     arithmetic_pool (latents drawn), arithmetic_mean_of (latents per kind), arithmetic_rows."""
     pool, mean_of, rows = settings.arithmetic_pool, settings.arithmetic_mean_of, settings.arithmetic_rows
     z = sample_noise(pool, z_dim, noise, "cpu", gen)
     if classifier is not None and not num_classes:
         mode = "class"
-        note = ("kinds = the class the dataset's domain classifier gives each generated sample; "
-                "A = digit a, B = digit b, C = other samples of digit b; expected: the result shows digit a")
+        note = (
+            "kinds = the class the dataset's domain classifier gives each generated sample; "
+            "A = digit a, B = digit b, C = other samples of digit b; expected: the result shows digit a"
+        )
         pred, prob = classify(classifier, generate(G, z))
         row_specs, problem = _rows_by_class(z, pred, prob, mean_of, rows, classes)
     else:
@@ -162,15 +193,19 @@ def latent_arithmetic(G, z_dim: int, noise: str, num_classes: int, classifier, c
             labels = torch.arange(num_classes).repeat(pool)
             value = brightness(generate(G, z.repeat_interleave(num_classes, 0), labels)).view(pool, num_classes).mean(1)
             mode = "style"
-            note = ("conditional model: the class is an input, so the arithmetic is on the style latent; kind = stroke "
-                    "weight (mean pixel value). A = heaviest styles, B = lightest, C = other light ones, each rendered "
-                    "as the row's digit; expected: the result is heavier than C and still the requested digit")
+            note = (
+                "conditional model: the class is an input, so the arithmetic is on the style latent; kind = stroke "
+                "weight (mean pixel value). A = heaviest styles, B = lightest, C = other light ones, each rendered "
+                "as the row's digit; expected: the result is heavier than C and still the requested digit"
+            )
         else:
             value = brightness(generate(G, z))
             mode = "brightness"
-            note = ("unlabeled images: the only observable kind without attribute labels is brightness (mean pixel "
-                    "value: lighting and skin tone together; the paper's smile/glasses need labels this data lacks). "
-                    "A = brightest, B = darkest, C = other dark samples; expected: the result is brighter than C")
+            note = (
+                "unlabeled images: the only observable kind without attribute labels is brightness (mean pixel "
+                "value: lighting and skin tone together; the paper's smile/glasses need labels this data lacks). "
+                "A = brightest, B = darkest, C = other dark samples; expected: the result is brighter than C"
+            )
         words = ("heaviest", "lightest", "other light") if num_classes else ("brightest", "darkest", "other dark")
         row_specs, problem = _rows_by_value(z, value, mean_of, rows, num_classes, words)
     info = {"mode": mode, "note": note, "mean_of": mean_of, "pool": pool, "rows": []}

@@ -5,6 +5,7 @@ Used when the weights file is at `evaluate.inception_weights` or can be download
 `evaluate.inception_url` (a short timeout; "" = never download). Otherwise `load_inception`
 says why in one line and evaluation carries on with the `domain` extractor alone.
 """
+
 from __future__ import annotations
 
 import urllib.request
@@ -38,8 +39,12 @@ class InceptionFeatures(nn.Module):
         # torch-fidelity unpickles the file (weights_only=False): check first that it is a
         # plain tensor state dict, so a tampered file cannot run code.
         load_torch(weights, "InceptionV3 weights", REMEDY)
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(FEATURES)],
-                                      feature_extractor_weights_path=str(weights), antialias=False).to(self.device)
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=[str(FEATURES)],
+            feature_extractor_weights_path=str(weights),
+            antialias=False,
+        ).to(self.device)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +61,9 @@ def _download(url: str, dest: Path, timeout: float) -> None:
                 fh.write(chunk)
 
 
-def load_inception(mode: str, weights: Path, url: str, timeout: float = 10.0,
-                   device: str | None = None, shown: str | None = None) -> tuple[InceptionFeatures | None, str]:
+def load_inception(
+    mode: str, weights: Path, url: str, timeout: float = 10.0, device: str | None = None, shown: str | None = None
+) -> tuple[InceptionFeatures | None, str]:
     """(extractor or None, status): status is "used" or "unavailable: <one-line reason>".
     Runs on the GPU when there is one (InceptionV3 at 299x299 is slow on a CPU). `shown`: how
     the weights path appears in the status (project-relative, so results do not name the machine)."""

@@ -19,6 +19,7 @@
 - fid_kid_features: FID and KID (torchmetrics) on precomputed features: what evaluate, quality,
   score and the extractor's calibration all compute.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     k = min(k, len(x) - 1)
     out = []
     for i in range(0, len(x), chunk):
-        d = torch.cdist(x[i: i + chunk], x)
+        d = torch.cdist(x[i : i + chunk], x)
         out.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself is at distance 0
     return torch.cat(out)
 
@@ -77,7 +78,7 @@ def _inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, ch
     """For each point: is it within radii[j] of some centre j?"""
     out = []
     for i in range(0, len(points), chunk):
-        d = torch.cdist(points[i: i + chunk], centres)
+        d = torch.cdist(points[i : i + chunk], centres)
         out.append((d <= radii[None, :]).any(dim=1))
     return torch.cat(out)
 
@@ -104,9 +105,9 @@ def density_coverage(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     hits = torch.zeros(len(fake), dtype=torch.float64)  # per fake point: real balls holding it
     nearest = torch.full((len(real),), math.inf, dtype=torch.float64)  # per real point: closest fake
     for i in range(0, len(real), chunk):
-        d = torch.cdist(real[i: i + chunk], fake)
-        hits += (d < radii[i: i + chunk, None]).sum(dim=0)
-        nearest[i: i + chunk] = d.min(dim=1).values
+        d = torch.cdist(real[i : i + chunk], fake)
+        hits += (d < radii[i : i + chunk, None]).sum(dim=0)
+        nearest[i : i + chunk] = d.min(dim=1).values
     # strict "<" as in the authors' code (prdc), so that a duplicate point does not count
     return {"density": float(hits.mean() / min(k, len(real) - 1)), "coverage": float((nearest < radii).double().mean())}
 
@@ -152,9 +153,13 @@ def mode_coverage(pred: torch.Tensor | np.ndarray, classes: list[str], min_share
     hist = class_histogram(pred, k)
     nz = hist > 0
     kl = float((hist[nz] * np.log(hist[nz] * k)).sum())
-    return {"histogram": {c: float(h) for c, h in zip(classes, hist)},
-            "classes_covered": int((hist >= min_share / k).sum()), "num_classes": k,
-            "n": int(len(np.asarray(pred))), "kl_to_uniform": kl}
+    return {
+        "histogram": {c: float(h) for c, h in zip(classes, hist)},
+        "classes_covered": int((hist >= min_share / k).sum()),
+        "num_classes": k,
+        "n": int(len(np.asarray(pred))),
+        "kl_to_uniform": kl,
+    }
 
 
 def per_class_accuracy(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, classes: list[str]) -> dict:

@@ -6,6 +6,7 @@ precision/recall, density/coverage, diversity, mode coverage and the InceptionV3
 weights are present. The evaluate, quality and score stages share them, so the same images
 give the same numbers everywhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,11 +28,16 @@ from dcganlab.evaluation.metrics import (
 )
 
 
-def fid_kid(extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0,
-            desc: str = "") -> dict:
+def fid_kid(
+    extractor, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch: int = 250, seed: int = 0, desc: str = ""
+) -> dict:
     """FID and KID between two sets of images in [-1, 1] on `extractor` features (progress under `desc`)."""
-    return fid_kid_features(embed(extractor, real, batch, desc and f"{desc} (real)"),
-                            embed(extractor, fake, batch, desc and f"{desc} (generated)"), kid_subset, seed)
+    return fid_kid_features(
+        embed(extractor, real, batch, desc and f"{desc} (real)"),
+        embed(extractor, fake, batch, desc and f"{desc} (generated)"),
+        kid_subset,
+        seed,
+    )
 
 
 def reference(params: Params, dataset: str, n: int, gen: torch.Generator) -> tuple[torch.Tensor, str, dict]:
@@ -41,20 +47,21 @@ def reference(params: Params, dataset: str, n: int, gen: torch.Generator) -> tup
     images, split = data["images"], data["split"]
     ref_split = "test" if (split == 1).sum() >= 2 else "train"
     ref = images[split == (1 if ref_split == "test" else 0)]
-    real = to_float(ref[torch.randperm(len(ref), generator=gen)[:min(n, len(ref))].numpy()])
+    real = to_float(ref[torch.randperm(len(ref), generator=gen)[: min(n, len(ref))].numpy()])
     return real, ref_split, data
 
 
 @dataclass
 class Reference:
     """The real side of every comparison, drawn the same way by `evaluate` and `dcganlab score`."""
+
     extractor: nn.Module
-    info: dict            # the extractor's kind, classes, test quality
-    real: torch.Tensor    # up to evaluate.num_samples held-out real images in [-1, 1]
+    info: dict  # the extractor's kind, classes, test quality
+    real: torch.Tensor  # up to evaluate.num_samples held-out real images in [-1, 1]
     real_f: torch.Tensor
     other_f: torch.Tensor | None  # as many other real images (train split): the real floors; None without a test split
     split: str
-    data: dict            # the processed dataset
+    data: dict  # the processed dataset
 
 
 def load_reference(params: Params, dataset: str, gen: torch.Generator, desc: str = "") -> Reference:
@@ -68,7 +75,7 @@ def load_reference(params: Params, dataset: str, gen: torch.Generator, desc: str
     other_f = None
     if ref_split == "test" and len(train_imgs) >= 2:
         floor_gen = torch.Generator().manual_seed(params.seed + 201)
-        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=floor_gen)[:ev.num_samples].numpy()])
+        other = to_float(train_imgs[torch.randperm(len(train_imgs), generator=floor_gen)[: ev.num_samples].numpy()])
         other_f = embed(extractor, other, ev.batch_size)
     return Reference(extractor, info, real, real_f, other_f, ref_split, data)
 
@@ -78,8 +85,14 @@ def _manifold(ref_f: torch.Tensor, f: torch.Tensor, k: int) -> dict:
     return {**precision_recall(ref_f, f, k), **density_coverage(ref_f, f, k)}
 
 
-def image_metrics(params: Params, dataset: str, ref: Reference, fake: torch.Tensor, desc: str = "",
-                  mode_images: torch.Tensor | None = None) -> dict:
+def image_metrics(
+    params: Params,
+    dataset: str,
+    ref: Reference,
+    fake: torch.Tensor,
+    desc: str = "",
+    mode_images: torch.Tensor | None = None,
+) -> dict:
     """Every metric that needs only generated images (no G, no D): what `evaluate` and `dcganlab
     score` share, so both give the same numbers for the same images. `mode_images`: the images
     whose classes count for mode coverage (default: `fake`)."""
@@ -94,14 +107,21 @@ def image_metrics(params: Params, dataset: str, ref: Reference, fake: torch.Tens
     if ref.info["kind"] == "classifier":
         images = fake if mode_images is None else mode_images
         coverage = mode_coverage(predict_classes(ref.extractor, images), ref.info["classes"])
-    inception, status = load_inception(ev.inception, params.root / ev.inception_weights, ev.inception_url,
-                                       shown=ev.inception_weights)
+    inception, status = load_inception(
+        ev.inception, params.root / ev.inception_weights, ev.inception_url, shown=ev.inception_weights
+    )
     inception_scores = None
     if inception is not None:  # the first inception_samples of the same real and generated images
         n_i = min(ev.inception_samples, len(ref.real), len(fake))
         s = fid_kid(inception, ref.real[:n_i], fake[:n_i], ev.kid_subset_size, 50, seed, desc and f"{desc}: inception")
-        inception_scores = {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "kid_subset_size": s["kid_subset_size"],
-                            "n_fake": n_i, "n_real": n_i}
+        inception_scores = {
+            "fid": s["fid"],
+            "kid": s["kid"],
+            "kid_std": s["kid_std"],
+            "kid_subset_size": s["kid_subset_size"],
+            "n_fake": n_i,
+            "n_real": n_i,
+        }
     ref_split = ref.split
     return {
         **scores,
@@ -109,7 +129,9 @@ def image_metrics(params: Params, dataset: str, ref: Reference, fake: torch.Tens
         "extractor": describe(ref.info),
         "n_fake": len(fake),
         "n_real": len(ref.real),
-        "reference_split": f"{dataset}:{ref_split} (held-out real images)" if ref_split == "test" else f"{dataset}:train",
+        "reference_split": f"{dataset}:{ref_split} (held-out real images)"
+        if ref_split == "test"
+        else f"{dataset}:train",
         **_manifold(ref.real_f, fake_f, ev.pr_k),
         "pr_k": ev.pr_k,
         "prdc_k": ev.pr_k,  # density/coverage use the same k-NN balls as precision/recall

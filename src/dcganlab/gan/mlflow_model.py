@@ -1,5 +1,6 @@
 """A generator as an MLflow pyfunc model: logged from code (serving.py), its weights a model
 file (modelfile.py), the dcganlab package as its code."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,9 @@ from dcganlab.gan.sampling import sample_noise
 PACKAGE = Path(__file__).parents[1]  # src/dcganlab: travels with the model as its code
 
 
-def log_pyfunc_generator(mlflow, G, spec: ModelSpec, max_latents: int, name: str = "generator",
-                         registered_name: str | None = None):
+def log_pyfunc_generator(
+    mlflow, G, spec: ModelSpec, max_latents: int, name: str = "generator", registered_name: str | None = None
+):
     """A generator as an MLflow pyfunc model `name` of the active run (serving.py, "models from
     code": its weights are a tensor file, nothing is unpickled at load), registered as a new
     version of `registered_name` if given; its ModelInfo. Input: z (N, z_dim) float32, plus
@@ -33,8 +35,14 @@ def log_pyfunc_generator(mlflow, G, spec: ModelSpec, max_latents: int, name: str
         weights, package = Path(tmp) / "generator.pt", Path(tmp) / "dcganlab"  # the package's sources, no caches
         torch.save(model_blob(spec, G), weights)
         shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-        return mlflow.pyfunc.log_model(name=name, python_model=serving.__file__,
-                                       artifacts={serving.WEIGHTS: str(weights)}, code_paths=[str(package)],
-                                       signature=signature, input_example=example,
-                                       model_config={serving.MAX_LATENTS: max_latents},
-                                       pip_requirements=serving.requirements(), registered_model_name=registered_name)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=serving.__file__,
+            artifacts={serving.WEIGHTS: str(weights)},
+            code_paths=[str(package)],
+            signature=signature,
+            input_example=example,
+            model_config={serving.MAX_LATENTS: max_latents},
+            pip_requirements=serving.requirements(),
+            registered_model_name=registered_name,
+        )

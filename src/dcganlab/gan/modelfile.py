@@ -6,6 +6,7 @@ and the weights of the logged MLflow model (serving.py). Tensors and plain value
 unpickles nothing (files.load_torch, weights_only). The keys and their order are the format;
 files written before this module existed load unchanged (tests/test_modelfile.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -50,8 +51,13 @@ def _cpu(net: torch.nn.Module) -> dict:
 def model_blob(spec: ModelSpec, G, D=None, origin: dict | None = None) -> dict:
     """The file's content. Training adds its `origin` ({"classes": the class names, "fingerprint":
     the run's}) and, for model.pt, D; the logged MLflow model holds the generator and spec only."""
-    blob = {"state_dict": _cpu(G), "experiment": asdict(spec.experiment),
-            "channels": spec.channels, "image_size": spec.size, "num_classes": spec.num_classes}
+    blob = {
+        "state_dict": _cpu(G),
+        "experiment": asdict(spec.experiment),
+        "channels": spec.channels,
+        "image_size": spec.size,
+        "num_classes": spec.num_classes,
+    }
     blob.update(origin or {})
     if D is not None:
         blob["discriminator"] = _cpu(D)

@@ -18,6 +18,7 @@ Everything else (shapes, other content types) is left to MLflow and to `predict`
 
 Standard library only: the gate is plain ASGI.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,9 +99,11 @@ class RequestGate:
 
     def _too_large(self, size: int | None) -> str:
         sent = f"{size} bytes" if size is not None else "streamed past the limit"
-        return (f"request body too large ({sent}): this model takes at most {self.limits.max_bytes} bytes "
-                f"(up to {self.limits.max_latents} latents per request, its serve_max_latents); "
-                "split the latents over several requests")
+        return (
+            f"request body too large ({sent}): this model takes at most {self.limits.max_bytes} bytes "
+            f"(up to {self.limits.max_latents} latents per request, its serve_max_latents); "
+            "split the latents over several requests"
+        )
 
 
 async def _read_at_most(receive, limit: int) -> bytes | None:
@@ -126,6 +129,7 @@ def _replay(body: bytes, receive):
 
     async def replay():
         return pending.pop() if pending else await receive()
+
     return replay
 
 
@@ -133,8 +137,13 @@ async def _answer(send, status: int, message: str) -> None:
     """MLflow's own error shape: {"error_code", "message"}."""
     code = "BAD_REQUEST" if status == 400 else "RESOURCE_EXHAUSTED"
     body = json.dumps({"error_code": code, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -165,8 +174,10 @@ def json_problem(body: bytes, limits: Limits) -> str | None:
         return None
     z, labels = _latents_and_labels(payload)
     if isinstance(z, list) and len(z) > limits.max_latents:
-        return (f"too many latents: {len(z)}, this model generates at most {limits.max_latents} images per "
-                "request (its serve_max_latents); split the latents over several requests")
+        return (
+            f"too many latents: {len(z)}, this model generates at most {limits.max_latents} images per "
+            "request (its serve_max_latents); split the latents over several requests"
+        )
     if limits.num_classes and labels is not None:
         wrong = [y for y in (labels if isinstance(labels, list) else [labels]) if not _is_label(y, limits.num_classes)]
         if wrong:

@@ -1,5 +1,6 @@
 """Drawing from a generator: latent noise, batched generation in eval mode, image grids,
 interpolation paths, class labels in turn and discriminator-ranked samples."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ def generate(G, z: torch.Tensor, labels: torch.Tensor | None = None, batch: int 
     """Images in [-1, 1] from G in eval mode (BatchNorm running statistics)."""
     was_training = G.training
     G.eval()
-    out = torch.cat([G(z[i: i + batch], None if labels is None else labels[i: i + batch])
-                     for i in range(0, len(z), batch)])
+    out = torch.cat(
+        [G(z[i : i + batch], None if labels is None else labels[i : i + batch]) for i in range(0, len(z), batch)]
+    )
     G.train(was_training)
     return out
 
@@ -40,9 +42,8 @@ def to_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> Image.Image:
         grid = torch.zeros(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
         for k in range(n):
             r, q = divmod(k, cols)
-            grid[:, r * (h + pad) + pad: (r + 1) * (h + pad), q * (w + pad) + pad: (q + 1) * (w + pad)] = x[k]
+            grid[:, r * (h + pad) + pad : (r + 1) * (h + pad), q * (w + pad) + pad : (q + 1) * (w + pad)] = x[k]
     return Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy())
-
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -66,8 +67,16 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def nice_samples(G, D, n: int, z_dim: int, noise: str, factor: int = 20, gen: torch.Generator | None = None,
-                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nice_samples(
+    G,
+    D,
+    n: int,
+    z_dim: int,
+    noise: str,
+    factor: int = 20,
+    gen: torch.Generator | None = None,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw factor * n samples, score each with D, keep the n highest-scoring (best first).
 
     Returns (images, scores). Unlike the published Keras code, which always kept the same
@@ -75,6 +84,6 @@ def nice_samples(G, D, n: int, z_dim: int, noise: str, factor: int = 20, gen: to
     z = sample_noise(factor * n, z_dim, noise, "cpu", gen)
     cand_labels = None if labels is None else labels.repeat(factor)
     images = generate(G, z, cand_labels)
-    scores = torch.cat([D(images[i: i + 256]).logit for i in range(0, len(images), 256)])
+    scores = torch.cat([D(images[i : i + 256]).logit for i in range(0, len(images), 256)])
     top = scores.argsort(descending=True)[:n]
     return images[top], scores[top]

@@ -16,6 +16,7 @@ digit. Latents must be finite and labels integers in range; a refusal is a `BadI
 ValueError, and a 400 with its message from `mlflow models serve`). Under `mlflow models serve`
 the model also bounds and checks the request body before MLflow parses it (request_gate.py).
 """
+
 from __future__ import annotations
 
 import mlflow
@@ -83,8 +84,10 @@ class GeneratorModel(PythonModel):
         z, labels = _unpack(model_input)
         z = np.asarray(z, dtype=np.float32)
         if len(z) > self.max_latents:
-            raise BadInput(f"too many latents: {len(z)}, this model generates at most {self.max_latents} images "
-                           "per request (its serve_max_latents); split the latents over several requests")
+            raise BadInput(
+                f"too many latents: {len(z)}, this model generates at most {self.max_latents} images "
+                "per request (its serve_max_latents); split the latents over several requests"
+            )
         if not np.isfinite(z).all():
             raise BadInput("latents must be finite numbers: got NaN or infinity")
         with torch.no_grad():
@@ -95,8 +98,12 @@ class GeneratorModel(PythonModel):
             return None  # unconditional: labels, if given, are ignored
         y = None if labels is None else np.asarray(labels).reshape(-1)
         # np.bool_ is not an np.integer: True is not label 1
-        if (y is None or len(y) != n or not np.issubdtype(y.dtype, np.integer)
-                or not np.isin(y, np.arange(self.num_classes)).all()):
+        if (
+            y is None
+            or len(y) != n
+            or not np.issubdtype(y.dtype, np.integer)
+            or not np.isin(y, np.arange(self.num_classes)).all()
+        ):
             raise BadInput(f"this conditional generator needs 'labels': {n} integers in 0..{self.num_classes - 1}")
         return torch.as_tensor(y.astype(np.int64))
 

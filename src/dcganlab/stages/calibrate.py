@@ -4,6 +4,7 @@
 Reads models/extractors/<name>.pt and data/processed/<name>/; writes
 models/extractors/<name>.calibration.json.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

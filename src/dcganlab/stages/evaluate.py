@@ -15,6 +15,7 @@ number of generated and real images, and the real reference split.
   linear probe on the discriminator's features vs raw pixels (see metrics.py).
 - `fid_ranked`: FID of discriminator-ranked samples (the D-best n of nice_factor * n).
 """
+
 from __future__ import annotations
 
 import time
@@ -43,7 +44,7 @@ from dcganlab.gan.sampling import balanced_labels, generate, nice_samples, sampl
 
 @torch.no_grad()
 def _d_features(D, images: torch.Tensor, batch: int = 500) -> np.ndarray:
-    return torch.cat([D(images[i: i + batch]).features for i in range(0, len(images), batch)]).numpy()
+    return torch.cat([D(images[i : i + batch]).features for i in range(0, len(images), batch)]).numpy()
 
 
 def _probe(params: Params, D, data: dict, gen: torch.Generator) -> dict:
@@ -51,14 +52,18 @@ def _probe(params: Params, D, data: dict, gen: torch.Generator) -> dict:
     random subset of) the real training split, scored on the held-out test split."""
     images, labels, split = data["images"], data["labels"], data["split"]
     train_idx = np.flatnonzero(split == 0)
-    train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[:params.evaluate.probe_train_n].numpy()]
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[: params.evaluate.probe_train_n].numpy()]
     test_idx = np.flatnonzero(split == 1)
     x_train, x_test = to_float(images[train_idx]), to_float(images[test_idx])
     y_train, y_test = labels[train_idx], labels[test_idx]
-    return {"d_features": linear_probe(_d_features(D, x_train), y_train, _d_features(D, x_test), y_test),
-            "pixels": linear_probe(x_train.numpy(), y_train, x_test.numpy(), y_test),
-            "train_n": int(len(train_idx)), "eval_n": int(len(test_idx)),
-            "train_split": "train (real)", "eval_split": "test (held-out real)"}
+    return {
+        "d_features": linear_probe(_d_features(D, x_train), y_train, _d_features(D, x_test), y_test),
+        "pixels": linear_probe(x_train.numpy(), y_train, x_test.numpy(), y_test),
+        "train_n": int(len(train_idx)),
+        "eval_n": int(len(test_idx)),
+        "train_split": "train (real)",
+        "eval_split": "test (held-out real)",
+    }
 
 
 def run(params: Params, name: str) -> dict:
@@ -86,8 +91,11 @@ def _evaluate(params: Params, name: str) -> dict:
     class_accuracy = probe = unconditional = None
     if labeled:
         if k:  # conditional: does G draw the requested digit? (fake used balanced labels)
-            class_accuracy = {**per_class_accuracy(predict_classes(extractor, fake), fake_labels, classes),
-                              "n_per_class": n_fake // k, "classifier_test_accuracy": info["test_accuracy"]}
+            class_accuracy = {
+                **per_class_accuracy(predict_classes(extractor, fake), fake_labels, classes),
+                "n_per_class": n_fake // k,
+                "classifier_test_accuracy": info["test_accuracy"],
+            }
             # mode coverage of unconditional use: labels drawn uniformly at random
             z_u = sample_noise(n_fake, e.z_dim, e.noise, "cpu", gen)
             unconditional = generate(G, z_u, torch.randint(k, (n_fake,), generator=gen))
@@ -98,8 +106,9 @@ def _evaluate(params: Params, name: str) -> dict:
     fid_ranked = None
     if D is not None:
         ranked, _ = nice_samples(G, D, n_fake, e.z_dim, e.noise, ev.nice_factor, gen, fake_labels)
-        fid_ranked = fid_kid_features(ref.real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size,
-                                      params.seed)["fid"]
+        fid_ranked = fid_kid_features(
+            ref.real_f, embed(extractor, ranked, ev.batch_size), ev.kid_subset_size, params.seed
+        )["fid"]
 
     train_info = {}
     train_json = paths.report_dir(root, name) / "train.json"
@@ -121,13 +130,39 @@ def _evaluate(params: Params, name: str) -> dict:
     write_json(paths.eval_path(root, name), metrics)
     with existing_run(params, paths.state_dir(root, name)) as mlflow:
         if mlflow is not None:
-            logged = ("fid", "kid", "kid_std", "fid_real_floor", "precision", "recall", "precision_real_floor",
-                      "recall_real_floor", "density", "coverage", "density_real_floor", "coverage_real_floor",
-                      "diversity_ssim", "diversity_ssim_real", "class_accuracy",
-                      "mode_coverage", "linear_probe", "fid_ranked", "inception", "eval_seconds")
+            logged = (
+                "fid",
+                "kid",
+                "kid_std",
+                "fid_real_floor",
+                "precision",
+                "recall",
+                "precision_real_floor",
+                "recall_real_floor",
+                "density",
+                "coverage",
+                "density_real_floor",
+                "coverage_real_floor",
+                "diversity_ssim",
+                "diversity_ssim_real",
+                "class_accuracy",
+                "mode_coverage",
+                "linear_probe",
+                "fid_ranked",
+                "inception",
+                "eval_seconds",
+            )
             mlflow.log_metrics(numbers({key: metrics[key] for key in logged}))
-            mlflow.set_tags({"eval.extractor": metrics["extractor"], "eval.n_fake": n_fake, "eval.n_real": metrics["n_real"],
-                             "eval.reference_split": metrics["reference_split"],
-                             "eval.inception_status": metrics["inception_status"]})
-            tag_model_versions(mlflow, {"fid": metrics["fid"], "kid": metrics["kid"], "extractor": metrics["extractor"]})
+            mlflow.set_tags(
+                {
+                    "eval.extractor": metrics["extractor"],
+                    "eval.n_fake": n_fake,
+                    "eval.n_real": metrics["n_real"],
+                    "eval.reference_split": metrics["reference_split"],
+                    "eval.inception_status": metrics["inception_status"],
+                }
+            )
+            tag_model_versions(
+                mlflow, {"fid": metrics["fid"], "kid": metrics["kid"], "extractor": metrics["extractor"]}
+            )
     return metrics

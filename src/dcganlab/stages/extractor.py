@@ -5,6 +5,7 @@ Reads data/processed/<name>/ and params `extractor`, `evaluate.pr_k`, `evaluate.
 writes models/extractors/<name>.pt, .json (kind, feature size, test accuracy or error, training
 seconds) and .calibration.json.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

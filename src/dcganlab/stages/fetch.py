@@ -4,6 +4,7 @@ Reads params `datasets.<name>` (source, path, split, limit); writes data/raw/<na
 data/raw/<name>/manifest.csv (file, label, source, checksum). Download sources cache archives in
 data/downloads/.
 """
+
 from __future__ import annotations
 
 import pandas as pd

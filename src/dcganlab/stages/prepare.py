@@ -4,6 +4,7 @@ Detects and crops faces (if `detect_faces`), resizes, converts channels. Reads d
 writes data/processed/<name>/ (images.npy N x C x H x W uint8, labels.npy, split.npy, manifest.csv
 with a status per input file, stats.json).
 """
+
 from __future__ import annotations
 
 from dcganlab.core import paths
@@ -15,5 +16,11 @@ from dcganlab.data.prepare import prepare
 def run(params: Params, name: str) -> dict:
     """The dataset's stats (images in, kept, discarded by status...)."""
     dataset = params.datasets[name]
-    return prepare(paths.raw_dir(params.root, name), paths.processed_dir(params.root, name),
-                   CropSettings.from_dataset(dataset), dataset.test_fraction, params.seed, dataset.workers)
+    return prepare(
+        paths.raw_dir(params.root, name),
+        paths.processed_dir(params.root, name),
+        CropSettings.from_dataset(dataset),
+        dataset.test_fraction,
+        params.seed,
+        dataset.workers,
+    )

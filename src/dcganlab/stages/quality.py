@@ -16,6 +16,7 @@ and registered as a version tagged `epoch` (once: a rerun reuses it). MLflow res
 `latest` and resolves it to the highest version number, so the final generator is registered
 again after a new champion version: `models:/<exp>/latest` stays the final generator.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -60,7 +61,9 @@ def _quality(params: Params, name: str) -> pd.DataFrame:
     state = paths.state_dir(root, name)
     files = sorted(paths.saved_epochs(paths.generators_dir(state)).items())
     if not files:
-        raise UserError(f"no saved epoch generators in {paths.generators_dir(state)} (run `dcganlab train {name}` first)")
+        raise UserError(
+            f"no saved epoch generators in {paths.generators_dir(state)} (run `dcganlab train {name}` first)"
+        )
     extractor, _ = load_extractor(paths.extractor_path(root, e.dataset))
     gen = torch.Generator().manual_seed(params.seed + 400)
     real, _, _ = reference(params, e.dataset, ev.curve_samples, gen)
@@ -72,8 +75,16 @@ def _quality(params: Params, name: str) -> pd.DataFrame:
         G, _, meta = load_model(path, remedy=f"delete it (the curve then skips epoch {epoch}) or {restore(state)}")
         fake = generate(G, z, balanced_labels(len(z), meta["num_classes"]))
         s = fid_kid_features(real_f, embed(extractor, fake, ev.batch_size), ev.kid_subset_size, params.seed)
-        rows.append({"epoch": epoch, "wall_s": wall.get(epoch, float("nan")), "fid": s["fid"], "kid": s["kid"],
-                     "n_fake": len(fake), "n_real": len(real)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "wall_s": wall.get(epoch, float("nan")),
+                "fid": s["fid"],
+                "kid": s["kid"],
+                "n_fake": len(fake),
+                "n_real": len(real),
+            }
+        )
     table = pd.DataFrame(rows, columns=["epoch", "wall_s", "fid", "kid", "n_fake", "n_real"])
     write_csv(paths.quality_path(root, name), table)
     _log_curve(params, name, table)
@@ -93,11 +104,13 @@ def _log_curve(params: Params, name: str, table: pd.DataFrame) -> None:
         for row in table.itertuples():
             # no wall clock known: fall back to the run start, the step still orders the points
             ts = start_ms + int(1000 * row.wall_s) if row.wall_s == row.wall_s else start_ms
-            metrics += [Metric("fid_curve", float(row.fid), ts, int(row.epoch)),
-                        Metric("kid_curve", float(row.kid), ts, int(row.epoch))]
+            metrics += [
+                Metric("fid_curve", float(row.fid), ts, int(row.epoch)),
+                Metric("kid_curve", float(row.kid), ts, int(row.epoch)),
+            ]
         client = mlflow.MlflowClient()
         for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-            client.log_batch(run.info.run_id, metrics=metrics[i: i + 1000])
+            client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
 
 
 CHAMPION = "champion"
@@ -137,6 +150,7 @@ def _epoch_version(mlflow, run_id: str, registered: str, epoch: int, path, param
         if (version.tags or {}).get(EPOCH_TAG) == str(epoch):
             return version
     G, _, meta = load_model(path, remedy=f"rerun `dcganlab train {registered}`")
-    info = log_pyfunc_generator(mlflow, G, ModelSpec.of(meta), params.train.serve_max_latents,
-                                name=f"generator_epoch_{epoch}")
+    info = log_pyfunc_generator(
+        mlflow, G, ModelSpec.of(meta), params.train.serve_max_latents, name=f"generator_epoch_{epoch}"
+    )
     return mlflow.register_model(info.model_uri, registered, tags={EPOCH_TAG: str(epoch)})

@@ -10,6 +10,7 @@ reports/samples/<exp>/ (optional: what is missing shows as "n/a"). Writes
   URIs so the file stands alone): the comparison table, how each number was computed, the
   claims table (claims.py) and each experiment's figures.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,16 +32,31 @@ from dcganlab.evaluation.curves import best_epoch
 
 # comparison table: column title -> how to read it from an experiment's flattened metrics
 COLUMNS = {
-    "variant": "variant", "dataset": "dataset", "epochs": "epochs", "FID": "fid", "FID real floor": "fid_real_floor",
-    "KID": "kid", "coverage": "coverage", "coverage real floor": "coverage_real_floor", "density": "density",
-    "precision": "precision", "recall": "recall", "SSIM fake (diversity)": "diversity_ssim",
-    "SSIM real": "diversity_ssim_real", "images/s": "images_per_s", "train wall s": "train_wall_s",
-    "extractor": "extractor", "Inception FID": "inception.fid",
+    "variant": "variant",
+    "dataset": "dataset",
+    "epochs": "epochs",
+    "FID": "fid",
+    "FID real floor": "fid_real_floor",
+    "KID": "kid",
+    "coverage": "coverage",
+    "coverage real floor": "coverage_real_floor",
+    "density": "density",
+    "precision": "precision",
+    "recall": "recall",
+    "SSIM fake (diversity)": "diversity_ssim",
+    "SSIM real": "diversity_ssim_real",
+    "images/s": "images_per_s",
+    "train wall s": "train_wall_s",
+    "extractor": "extractor",
+    "Inception FID": "inception.fid",
 }
 SAMPLE_FIGURES = [  # file in reports/samples/<exp>/, caption
-    ("grid.png", "samples (not cherry-picked)"), ("nice.png", "discriminator-ranked samples (best of 20x as many)"),
-    ("classes.png", "one row per requested class"), ("interpolation.png", "latent interpolation"),
-    ("arithmetic.png", "latent vector arithmetic"), ("progression.png", "training progression (fixed noise)"),
+    ("grid.png", "samples (not cherry-picked)"),
+    ("nice.png", "discriminator-ranked samples (best of 20x as many)"),
+    ("classes.png", "one row per requested class"),
+    ("interpolation.png", "latent interpolation"),
+    ("arithmetic.png", "latent vector arithmetic"),
+    ("progression.png", "training progression (fixed noise)"),
     ("d_filters.png", "first discriminator layer's filters"),
 ]
 
@@ -59,8 +75,12 @@ def generator_choice(q: pd.DataFrame) -> dict:
     epoch and curve FID: the registry's `latest` and `champion` versions."""
 
     final, best = q.loc[q["epoch"].idxmax()], q.loc[q["epoch"] == best_epoch(q)].iloc[0]
-    return {"final_epoch": int(final["epoch"]), "final_curve_fid": float(final["fid"]),
-            "best_epoch": int(best["epoch"]), "best_curve_fid": float(best["fid"])}
+    return {
+        "final_epoch": int(final["epoch"]),
+        "final_curve_fid": float(final["fid"]),
+        "best_epoch": int(best["epoch"]),
+        "best_curve_fid": float(best["fid"]),
+    }
 
 
 def arithmetic(samples: Path, name: str) -> dict:
@@ -96,7 +116,7 @@ def quality_figure(curves: dict[str, pd.DataFrame], floors: dict[str, float | No
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     for name, q in curves.items():
         for ax, x in zip(axes, ("epoch", "wall_s")):
-            line, = ax.plot(q[x], q["fid"], marker=".", label=name)
+            (line,) = ax.plot(q[x], q["fid"], marker=".", label=name)
             if floors.get(name) is not None:
                 ax.axhline(floors[name], color=line.get_color(), linestyle=":", linewidth=1)
     for ax, label in zip(axes, ("epoch", "training wall-clock seconds")):
@@ -135,12 +155,15 @@ def _inline(text: str) -> str:
 
 
 def render_html(blocks: list[tuple]) -> str:
-    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>dcganlab summary</title>",
-           "<style>body{font-family:sans-serif;max-width:1500px;margin:auto;padding:1em}"
-           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-           "figure{display:inline-block;margin:6px;vertical-align:top}figcaption{font-size:12px}"
-           ".supports{background:#dfd}.does-not-support{background:#fdd}.inconclusive{background:#ffd}</style>",
-           "</head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'><title>dcganlab summary</title>",
+        "<style>body{font-family:sans-serif;max-width:1500px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "figure{display:inline-block;margin:6px;vertical-align:top}figcaption{font-size:12px}"
+        ".supports{background:#dfd}.does-not-support{background:#fdd}.inconclusive{background:#ffd}</style>",
+        "</head><body>",
+    ]
     for kind, *args in blocks:
         if kind in ("h1", "h2", "h3"):
             out.append(f"<{kind}>{_inline(args[0])}</{kind}>")
@@ -158,22 +181,28 @@ def render_html(blocks: list[tuple]) -> str:
             out.append(f"<table><tr>{head}</tr>{''.join(body)}</table>")
         elif kind == "img":
             data = base64.b64encode(args[0].read_bytes()).decode("ascii")
-            out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(args[1])}'>"
-                       f"<figcaption>{html.escape(args[1])}</figcaption></figure>")
+            out.append(
+                f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(args[1])}'>"
+                f"<figcaption>{html.escape(args[1])}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------- the stage
 def _how_computed(name: str, m: dict, q: pd.DataFrame | None) -> str:
-    parts = [f"**{name}**: extractor {fmt(m.get('extractor'))}; {fmt(m.get('n_fake'))} generated vs "
-             f"{fmt(m.get('n_real'))} real images from {fmt(m.get('reference_split'))}; KID subset size "
-             f"{fmt(m.get('kid_subset_size'))}; precision/recall/density/coverage k={fmt(m.get('pr_k'))}; SSIM over "
-             f"{fmt(m.get('ssim_pairs'))} pairs"]
+    parts = [
+        f"**{name}**: extractor {fmt(m.get('extractor'))}; {fmt(m.get('n_fake'))} generated vs "
+        f"{fmt(m.get('n_real'))} real images from {fmt(m.get('reference_split'))}; KID subset size "
+        f"{fmt(m.get('kid_subset_size'))}; precision/recall/density/coverage k={fmt(m.get('pr_k'))}; SSIM over "
+        f"{fmt(m.get('ssim_pairs'))} pairs"
+    ]
     if m.get("linear_probe.eval_n") is not None:
-        parts.append(f"linear probe trained on {fmt(m.get('linear_probe.train_n'))} "
-                     f"({fmt(m.get('linear_probe.train_split'))}), evaluated on {fmt(m.get('linear_probe.eval_n'))} "
-                     f"({fmt(m.get('linear_probe.eval_split'))}) real images")
+        parts.append(
+            f"linear probe trained on {fmt(m.get('linear_probe.train_n'))} "
+            f"({fmt(m.get('linear_probe.train_split'))}), evaluated on {fmt(m.get('linear_probe.eval_n'))} "
+            f"({fmt(m.get('linear_probe.eval_split'))}) real images"
+        )
     if m.get("class_accuracy.n_per_class") is not None:
         parts.append(f"class accuracy on {fmt(m.get('class_accuracy.n_per_class'))} samples per requested class")
     if m.get("mode_coverage.n") is not None:
@@ -211,68 +240,106 @@ def run(params: Params) -> dict:
             agreement = arithmetic(figures_json.parent, name).get("agreement")
             metrics[name]["arithmetic_agreement"] = agreement
         ds = params.dataset(e.dataset)
-        evidence[name] = Evidence(name, metrics[name], quality[name], ds.image_size,
-                                  metrics[name].get("epochs") or e.epochs, e.variant, e.dataset, ds.source, asdict(e))
+        evidence[name] = Evidence(
+            name,
+            metrics[name],
+            quality[name],
+            ds.image_size,
+            metrics[name].get("epochs") or e.epochs,
+            e.variant,
+            e.dataset,
+            ds.source,
+            asdict(e),
+        )
     write_json(reports / "metrics.json", metrics)
 
     with atomic_dir(paths.figures_dir(root)) as tmp:  # swapped in whole: no stale figures
         drawn = {}
         for name, q in quality.items():
             if q is not None and len(q):
-                quality_figure({name: q}, {name: metrics[name].get("fid_real_floor")}, tmp / f"{name}_quality.png",
-                               f"{name}: quality over training")
+                quality_figure(
+                    {name: q},
+                    {name: metrics[name].get("fid_real_floor")},
+                    tmp / f"{name}_quality.png",
+                    f"{name}: quality over training",
+                )
                 drawn[name] = f"{name}_quality.png"
         by_dataset: dict[str, list[str]] = {}
         for name in drawn:
             by_dataset.setdefault(params.experiment(name).dataset, []).append(name)
         for ds, names in by_dataset.items():
-            quality_figure({n: quality[n] for n in names}, {n: metrics[n].get("fid_real_floor") for n in names},
-                           tmp / f"quality_{ds}.png", f"dataset {ds}: FID during training")
+            quality_figure(
+                {n: quality[n] for n in names},
+                {n: metrics[n].get("fid_real_floor") for n in names},
+                tmp / f"quality_{ds}.png",
+                f"dataset {ds}: FID during training",
+            )
     figures = paths.figures_dir(root)
 
     claims = judge_claims(evidence)
     blocks: list[tuple] = [
         ("h1", "dcganlab summary"),
-        ("p", "FID/KID: torchmetrics on the extractor named in each row, lower is better. `FID real floor` is the FID "
-              "of two disjoint real samples of the same sizes (the best score at this sample count). Precision/recall: "
-              "k-NN manifold estimate (Kynkäänniemi et al. 2019) on the same features; coverage/density: Naeem et "
-              "al. 2020 on the same k-NN balls around real images only (coverage leads: bounded, with a real floor, "
-              "robust to outliers; docs/evaluation.md). SSIM: mean pairwise SSIM "
-              "among generated (fake) and real images, higher = less diverse. n/a: not measured."),
+        (
+            "p",
+            "FID/KID: torchmetrics on the extractor named in each row, lower is better. `FID real floor` is the FID "
+            "of two disjoint real samples of the same sizes (the best score at this sample count). Precision/recall: "
+            "k-NN manifold estimate (Kynkäänniemi et al. 2019) on the same features; coverage/density: Naeem et "
+            "al. 2020 on the same k-NN balls around real images only (coverage leads: bounded, with a real floor, "
+            "robust to outliers; docs/evaluation.md). SSIM: mean pairwise SSIM "
+            "among generated (fake) and real images, higher = less diverse. n/a: not measured.",
+        ),
         ("table", comparison_table(metrics)),
-        ("p", "The scale of these FIDs: each dataset's extractor scores real held-out images disturbed at increasing "
-              "levels (its calibration, models/extractors/<dataset>.calibration.json; docs/evaluation.md)."),
+        (
+            "p",
+            "The scale of these FIDs: each dataset's extractor scores real held-out images disturbed at increasing "
+            "levels (its calibration, models/extractors/<dataset>.calibration.json; docs/evaluation.md).",
+        ),
         ("ul", calibration_lines(root, sorted({params.experiment(n).dataset for n in metrics}))),
         ("h2", "How each number was computed"),
         ("ul", [_how_computed(n, metrics[n], quality[n]) for n in metrics]),
         ("h2", "Claims of the seed papers"),
-        ("p", "Each claim next to what this pipeline measured, one row per experiment it fits. `setup` says whether "
-              "the experiment is the paper's setting (image size, data, training length) or what differs from it; rows "
-              "off the paper's size or data get no verdict (`inconclusive`), and their reason says what the numbers "
-              "alone would read; fewer epochs than the paper voids comparisons and refutations, not a capability "
-              "shown. A verdict is also "
-              "`inconclusive` when no experiment of the claim's variant is in params.yaml, a needed metric was not "
-              "measured, a refutation comes from a run still improving at its last epoch, or the difference is within "
-              "the noise scale (2 x the combined KID subset std, the real FID floor, or 2 binomial standard errors)."),
+        (
+            "p",
+            "Each claim next to what this pipeline measured, one row per experiment it fits. `setup` says whether "
+            "the experiment is the paper's setting (image size, data, training length) or what differs from it; rows "
+            "off the paper's size or data get no verdict (`inconclusive`), and their reason says what the numbers "
+            "alone would read; fewer epochs than the paper voids comparisons and refutations, not a capability "
+            "shown. A verdict is also "
+            "`inconclusive` when no experiment of the claim's variant is in params.yaml, a needed metric was not "
+            "measured, a refutation comes from a run still improving at its last epoch, or the difference is within "
+            "the noise scale (2 x the combined KID subset std, the real FID floor, or 2 binomial standard errors).",
+        ),
         ("table", claims),
     ]
     for ds in sorted({params.experiment(n).dataset for n in drawn}):
-        blocks.append(("img", figures / f"quality_{ds}.png", f"dataset {ds}: FID vs epoch and wall-clock",
-                       f"figures/quality_{ds}.png"))
+        blocks.append(
+            (
+                "img",
+                figures / f"quality_{ds}.png",
+                f"dataset {ds}: FID vs epoch and wall-clock",
+                f"figures/quality_{ds}.png",
+            )
+        )
     for name in metrics:
         blocks.append(("h2", name))
         samples = paths.samples_dir(root, name)
         if name in drawn:
-            blocks.append(("img", figures / drawn[name], "FID vs epoch and vs wall-clock seconds",
-                           f"figures/{drawn[name]}"))
+            blocks.append(
+                ("img", figures / drawn[name], "FID vs epoch and vs wall-clock seconds", f"figures/{drawn[name]}")
+            )
         else:
             blocks.append(("p", f"quality curve: n/a (no {paths.quality_path(root, name).relative_to(root)})"))
         if metrics[name].get("generator.best_epoch") is not None:
             m = metrics[name]
-            blocks.append(("p", f"Generator by the quality curve: final = epoch {m['generator.final_epoch']} (curve FID "
-                                f"{fmt(m['generator.final_curve_fid'])}), best = epoch {m['generator.best_epoch']} "
-                                f"(curve FID {fmt(m['generator.best_curve_fid'])}); the Model Registry's "
-                                f"`models:/{name}@champion` is the best, `models:/{name}/latest` the final."))
+            blocks.append(
+                (
+                    "p",
+                    f"Generator by the quality curve: final = epoch {m['generator.final_epoch']} (curve FID "
+                    f"{fmt(m['generator.final_curve_fid'])}), best = epoch {m['generator.best_epoch']} "
+                    f"(curve FID {fmt(m['generator.best_curve_fid'])}); the Model Registry's "
+                    f"`models:/{name}@champion` is the best, `models:/{name}/latest` the final.",
+                )
+            )
         shown = [(f, c) for f, c in SAMPLE_FIGURES if (samples / f).is_file()]
         blocks += [("img", samples / f, c, f"samples/{name}/{f}") for f, c in shown]
         if not shown:
@@ -281,7 +348,9 @@ def run(params: Params) -> dict:
             a = arithmetic(samples, name)
             text = f"Latent arithmetic ({a['mode']}): {a['note']}."
             ok = sum(r["ok"] for r in a["rows"])
-            text += f" Skipped: {a['skipped']}." if a.get("skipped") else f" {ok} of {len(a['rows'])} came out as expected."
+            text += (
+                f" Skipped: {a['skipped']}." if a.get("skipped") else f" {ok} of {len(a['rows'])} came out as expected."
+            )
             blocks.append(("p", text))
     write_text(reports / "summary.md", render_markdown(blocks))
     write_text(reports / "summary.html", render_html(blocks))

@@ -13,6 +13,7 @@ Writes to reports/samples/<experiment>/ and the experiment's MLflow run (artifac
 - figures.json: what the figures show (the arithmetic's kinds and verdict per row, the
   progression's epochs), so the report can print it next to them.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,11 @@ def _sample(params: Params, name: str) -> dict:
     a = sample_noise(settings.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
     b = sample_noise(settings.interpolation_pairs, e.z_dim, e.noise, "cpu", gen)
     z_path = interpolate(a, b, settings.interpolation_steps, e.noise == "normal")
-    path_labels = None if not k else (torch.arange(settings.interpolation_pairs) % k).repeat_interleave(settings.interpolation_steps)
+    path_labels = (
+        None
+        if not k
+        else (torch.arange(settings.interpolation_pairs) % k).repeat_interleave(settings.interpolation_steps)
+    )
     written["interpolation"] = to_grid(generate(G, z_path, path_labels), nrow=settings.interpolation_steps)
     if D is not None:
         nice, _ = nice_samples(G, D, settings.num, e.z_dim, e.noise, 20, gen, balanced_labels(settings.num, k))
@@ -82,7 +87,8 @@ def _sample(params: Params, name: str) -> dict:
     classifier = extractor if info["kind"] == "classifier" else None
     classes = info["classes"] if classifier is not None else meta["classes"]
     written["arithmetic"], arithmetic = latent_arithmetic(
-        G, e.z_dim, e.noise, k, classifier, classes, settings, torch.Generator().manual_seed(params.seed + 400))
+        G, e.z_dim, e.noise, k, classifier, classes, settings, torch.Generator().manual_seed(params.seed + 400)
+    )
     written["progression"], epochs = progression(paths.grids_dir(paths.state_dir(root, name)))
     described = {"arithmetic": arithmetic, "progression_epochs": epochs}  # what the figures show, for the report
 

@@ -13,6 +13,7 @@ are often sorted by class); fewer, or the wrong size or channels: a one-line err
 written. Generated images are not classified by label, so class accuracy, the linear probe and
 fid_ranked (which need G or D) are `evaluate`'s alone.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,8 +59,10 @@ def read_folder(folder: Path) -> np.ndarray:
     first = images[0].shape
     for p, image in zip(files, images):
         if image.shape != first:
-            raise UserError(f"{p}: {_shape(image.shape)}, but {files[0].name} is {_shape(first)}; "
-                            f"all images must have one size and channel count")
+            raise UserError(
+                f"{p}: {_shape(image.shape)}, but {files[0].name} is {_shape(first)}; "
+                f"all images must have one size and channel count"
+            )
     return np.stack(images)
 
 
@@ -89,10 +92,14 @@ def _shape(hwc: tuple) -> str:
 def check_images(nhwc: np.ndarray, source: str, channels: int, size: int, num: int) -> None:
     """The dataset's size and channels, and at least the number of images `evaluate` uses."""
     if nhwc.shape[1:] != (size, size, channels):
-        raise UserError(f"{source}: images are {_shape(nhwc.shape[1:])}; the dataset's are "
-                        f"{_shape((size, size, channels))} (resize them the way the dataset was prepared)")
+        raise UserError(
+            f"{source}: images are {_shape(nhwc.shape[1:])}; the dataset's are "
+            f"{_shape((size, size, channels))} (resize them the way the dataset was prepared)"
+        )
     if len(nhwc) < num:
-        raise UserError(f"{source}: {len(nhwc)} images; evaluate uses evaluate.num_samples = {num}, give at least that many")
+        raise UserError(
+            f"{source}: {len(nhwc)} images; evaluate uses evaluate.num_samples = {num}, give at least that many"
+        )
 
 
 def choose(nhwc: np.ndarray, num: int, seed: int) -> torch.Tensor:
@@ -113,7 +120,9 @@ def model_images(params: Params, uri: str, num: int, classes: list[str], gen: to
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # noqa: BLE001 - unknown run/model, not a pyfunc model, store errors
-        raise UserError(f"cannot load MLflow model {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(
+            f"cannot load MLflow model {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     inputs = {spec.name: spec for spec in model.metadata.get_input_schema().inputs}
     if "z" not in inputs:
         raise UserError(f"{uri} is not a dcganlab generator (its input has no latent tensor 'z')")
@@ -125,17 +134,18 @@ def model_images(params: Params, uri: str, num: int, classes: list[str], gen: to
     step = int((model.model_config or {}).get("max_latents", 256))  # the model's per-call cap
     out = []
     for i in range(0, num, step):
-        batch = {"z": z[i: i + step].numpy()}
+        batch = {"z": z[i : i + step].numpy()}
         if labels is not None:
-            batch["labels"] = labels[i: i + step].numpy()
+            batch["labels"] = labels[i : i + step].numpy()
         out.append(torch.as_tensor(np.asarray(model.predict(batch if labels is not None else batch["z"]))))
     return torch.cat(out)
 
 
 def _check_generated(fake: torch.Tensor, uri: str, channels: int, size: int) -> None:
     if tuple(fake.shape[1:]) != (channels, size, size):
-        raise UserError(f"{uri}: generates {tuple(fake.shape[1:])} images (C, H, W); the dataset's are "
-                        f"{(channels, size, size)}")
+        raise UserError(
+            f"{uri}: generates {tuple(fake.shape[1:])} images (C, H, W); the dataset's are {(channels, size, size)}"
+        )
 
 
 # ---------------------------------------------------------------- the command
@@ -151,11 +161,17 @@ def run(params: Params, dataset: str, source: str) -> dict:
     else:
         path = Path(source)
         if not path.exists():
-            raise UserError(f"{source}: no such folder or file (give a folder of PNG/JPEG, a .npy/.npz, or runs:/ models:/)")
+            raise UserError(
+                f"{source}: no such folder or file (give a folder of PNG/JPEG, a .npy/.npz, or runs:/ models:/)"
+            )
         nhwc = read_folder(path) if path.is_dir() else read_array(path)
         check_images(nhwc, source, ds.channels, ds.image_size, num)
         fake = choose(nhwc, num, params.seed + 202)
         ref = load_reference(params, dataset, gen)
-    return {"images": source, "dataset": dataset, "seed": params.seed,
-            **image_metrics(params, dataset, ref, fake),
-            "calibration": read_headline(params.root, dataset)}
+    return {
+        "images": source,
+        "dataset": dataset,
+        "seed": params.seed,
+        **image_metrics(params, dataset, ref, fake),
+        "calibration": read_headline(params.root, dataset),
+    }

@@ -4,6 +4,7 @@ Reads data/processed/<dataset>/ and params `experiments.<exp>`, `train`, `seed`;
 models/<exp>/model.pt, models/<exp>/train/ (checkpoint, per-epoch generators and grids),
 reports/<exp>/losses.csv and train.json; logs an MLflow run. Resumes from the checkpoint.
 """
+
 from __future__ import annotations
 
 from dcganlab.core.config import Params

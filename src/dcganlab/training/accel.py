@@ -11,6 +11,7 @@ Quality holds with bf16 for every variant we measured (docs/performance.md: FID/
 digits-dcgan and faces-face-dcgan in fp32 and auto, within noise); `FP32_VARIANTS` lists
 variants that auto keeps in fp32, should one lose quality.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,7 @@ FP32_VARIANTS: frozenset[str] = frozenset()  # variants whose quality bf16 hurts
 
 @dataclass(frozen=True)
 class Accel:
-    amp: str = "off"             # off | bf16 | fp16
+    amp: str = "off"  # off | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
     device_type: str = "cpu"
@@ -73,13 +74,22 @@ _ONEDNN_BF16_LEVELS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AMX", "AVX10")  
 
 def cpu_path() -> dict:
     """Which CPU path this process runs: the ISA torch's kernels use, oneDNN's cap, native bf16, threads."""
-    return {"isa": torch.backends.cpu.get_cpu_capability(),
-            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL",
-            "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads()}
+    return {
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL",
+        "native_bf16": cpu_has_native_bf16(),
+        "threads": torch.get_num_threads(),
+    }
 
 
-def resolve(amp: str, channels_last: str, compile_: bool, device: torch.device, variant: str = "",
-            native_bf16: bool | None = None) -> Accel:
+def resolve(
+    amp: str,
+    channels_last: str,
+    compile_: bool,
+    device: torch.device,
+    variant: str = "",
+    native_bf16: bool | None = None,
+) -> Accel:
     """The Accel for params' `amp` / `channels_last` (auto | off | on, auto | off | bf16 | fp16).
     `native_bf16`: the CPU check's answer (None: ask the CPU; tests pass both answers)."""
     cuda = device.type == "cuda"

@@ -15,6 +15,7 @@ Decisions, as in the usual DDP recipes:
 - BatchNorm running statistics are synced once at the start, then stay per rank (a sync
   before each of D's several forward passes per step would be wasted work); rank 0's are saved.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,7 +80,7 @@ def shard(indices: torch.Tensor, world: World) -> torch.Tensor:
     if not world.active:
         return indices
     per = len(indices) // world.size
-    return indices[world.rank * per: (world.rank + 1) * per]
+    return indices[world.rank * per : (world.rank + 1) * per]
 
 
 def all_reduce_mean(t: torch.Tensor, world: World) -> torch.Tensor:

@@ -12,6 +12,7 @@ A non-finite loss stops the run without overwriting the last good checkpoint.
 Reading order: `_train` lists the loop's steps top to bottom (set-up, one epoch, the epoch's
 end, finish); `Trainer` holds what they share, one method per step, in the same order.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,8 @@ def _train(params: Params, name: str, progress: bool, stop: GracefulStop, world:
         run.record_start()
         for epoch in range(run.position.epoch + 1, run.experiment.epochs + 1):
             run.train_epoch(epoch, progress)  # updates, mid-epoch checkpoints, stops on a signal
-            run.end_epoch(epoch)              # health check, metrics, grid, checkpoint, MLflow
-        return run.finish()                   # model.pt, reports, the model in MLflow
+            run.end_epoch(epoch)  # health check, metrics, grid, checkpoint, MLflow
+        return run.finish()  # model.pt, reports, the model in MLflow
 
 
 # ---------------------------------------------------------------- set-up
@@ -105,14 +106,18 @@ def _load_checked(data_dir: Path, e: ExperimentParams, ds) -> tuple[dict, int]:
     data = load_processed(data_dir)
     channels, size = data["images"].shape[1], data["images"].shape[2]
     if (channels, size) != (ds.channels, ds.image_size):
-        raise UserError(f"{data_dir} holds {channels}x{size}x{size} images but params say "
-                        f"{ds.channels}x{ds.image_size}x{ds.image_size}: rerun `dcganlab prepare {e.dataset}`")
+        raise UserError(
+            f"{data_dir} holds {channels}x{size}x{size} images but params say "
+            f"{ds.channels}x{ds.image_size}x{ds.image_size}: rerun `dcganlab prepare {e.dataset}`"
+        )
     problem = variant.check(e, ds)
     if problem:
         raise UserError(problem)
     num_classes = len(data["stats"]["classes"]) if variant.conditional else 0
     if variant.conditional and (num_classes < 2 or (data["labels"] < 0).any()):
-        raise UserError(f"variant '{e.variant}' needs labeled images; {data_dir} has classes {data['stats']['classes']}")
+        raise UserError(
+            f"variant '{e.variant}' needs labeled images; {data_dir} has classes {data['stats']['classes']}"
+        )
     return data, num_classes
 
 
@@ -144,7 +149,7 @@ class Batches:
 
     def take(self, perm: torch.Tensor, i: int, world: distributed.World):
         """(images in [-1, 1], labels or None): this process's share of batch `i` in the order `perm`."""
-        idx = distributed.shard(perm[i * self.global_batch: (i + 1) * self.global_batch], world)
+        idx = distributed.shard(perm[i * self.global_batch : (i + 1) * self.global_batch], world)
         real = self.images[idx].float().div_(127.5).sub_(1.0)
         return real, self.labels[idx] if self.num_classes else None
 
@@ -183,8 +188,15 @@ class Nets:
         return StepNets(self.step_G, self.step_D, self.opt_g, self.opt_d, self.scaler)
 
 
-def batch_step(batches: Batches, nets: Nets, experiment: ExperimentParams, accel: Accel, perm: torch.Tensor, i: int,
-               world: distributed.World) -> torch.Tensor:
+def batch_step(
+    batches: Batches,
+    nets: Nets,
+    experiment: ExperimentParams,
+    accel: Accel,
+    perm: torch.Tensor,
+    i: int,
+    world: distributed.World,
+) -> torch.Tensor:
     """Batch `i` of the epoch order `perm` through one GAN update: the loop's step (and what
     `dcganlab bench` times). Returns [loss_d, loss_g, D(x), D(G(z))] on the device."""
     real, labels = batches.take(perm, i, world)
@@ -205,17 +217,17 @@ class Trainer:
     stop: GracefulStop
     device: torch.device
     accel: Accel
-    data: dict          # the processed arrays and stats (class names go into every model file)
+    data: dict  # the processed arrays and stats (class names go into every model file)
     batches: Batches
     nets: Nets
-    fixed_z: torch.Tensor               # the grid's noise, the same every epoch
+    fixed_z: torch.Tensor  # the grid's noise, the same every epoch
     fixed_labels: torch.Tensor | None
-    order: torch.Generator              # the epochs' image order
+    order: torch.Generator  # the epochs' image order
     monitor: Monitor
-    fingerprint: str                    # fingerprint(): a checkpoint of other params or data is not resumed
+    fingerprint: str  # fingerprint(): a checkpoint of other params or data is not resumed
     log: RunLog
     position: LoopState = field(default_factory=LoopState)
-    saved: tuple[int, int] = (0, 0)     # the position of the last good checkpoint
+    saved: tuple[int, int] = (0, 0)  # the position of the last good checkpoint
 
     @classmethod
     def set_up(cls, params: Params, name: str, stop: GracefulStop, world: distributed.World) -> "Trainer":
@@ -231,12 +243,28 @@ class Trainer:
         seed = params.seed + experiment.seed_offset
         spec = ModelSpec(experiment, data["images"].shape[1], data["images"].shape[2], num_classes)
         nets = Nets.build(spec, accel, world, device, seed)
-        fixed_z = sample_noise(settings.grid_size, experiment.z_dim, experiment.noise, device,
-                               torch.Generator().manual_seed(seed + 1))
+        fixed_z = sample_noise(
+            settings.grid_size, experiment.z_dim, experiment.noise, device, torch.Generator().manual_seed(seed + 1)
+        )
         fixed_labels = (torch.arange(settings.grid_size, device=device) % num_classes) if num_classes else None
-        run = cls(params, name, experiment, world, stop, device, accel, data, batches, nets, fixed_z, fixed_labels,
-                  order=torch.Generator().manual_seed(seed), monitor=Monitor(device, settings),
-                  fingerprint=fingerprint(params, name, data_dir, world.size), log=RunLog(params, name, world.main))
+        run = cls(
+            params,
+            name,
+            experiment,
+            world,
+            stop,
+            device,
+            accel,
+            data,
+            batches,
+            nets,
+            fixed_z,
+            fixed_labels,
+            order=torch.Generator().manual_seed(seed),
+            monitor=Monitor(device, settings),
+            fingerprint=fingerprint(params, name, data_dir, world.size),
+            log=RunLog(params, name, world.main),
+        )
         expected = Expected(name, run.fingerprint, experiment.epochs, batches.steps)
         run.position = resume(run.ckpt_path, expected, nets, run.order, run.monitor, world, device)
         run.saved = (run.position.epoch, run.position.step)
@@ -279,8 +307,10 @@ class Trainer:
         is logged twice."""
         if not self.main:
             return {}
-        print(f"{self.name}: already trained for {self.experiment.epochs} epochs; outputs rewritten, "
-              "nothing logged to MLflow")
+        print(
+            f"{self.name}: already trained for {self.experiment.epochs} epochs; outputs rewritten, "
+            "nothing logged to MLflow"
+        )
         self.log.settle()
         return self.write_outputs()
 
@@ -301,10 +331,19 @@ class Trainer:
         """The MLflow run's params (a new run) or missing history (a resumed one), and a fresh run's
         checkpoint "at the start": from then on every rerun reopens this MLflow run."""
         a = self.accel
-        self.log.start(self.position, {
-            "device": str(self.device), "train_images": len(self.batches.images), "image_size": self.spec.size,
-            "channels": self.spec.channels, "processes": self.world.size, "amp": a.amp,
-            "channels_last": a.channels_last, "compile": a.compile})
+        self.log.start(
+            self.position,
+            {
+                "device": str(self.device),
+                "train_images": len(self.batches.images),
+                "image_size": self.spec.size,
+                "channels": self.spec.channels,
+                "processes": self.world.size,
+                "amp": a.amp,
+                "channels_last": a.channels_last,
+                "compile": a.compile,
+            },
+        )
         if not self.position.resumed:
             self.save()
 
@@ -327,9 +366,16 @@ class Trainer:
         position, steps, every = self.position, self.steps, self.params.train.checkpoint_every_steps
         self.start_epoch(epoch)
         started = time.perf_counter()
-        for i in progress_of(range(position.step, steps), f"train {self.name} epoch {epoch}/{self.experiment.epochs}",
-                             steps, initial=position.step, unit="img", per_item=self.batches.global_batch,
-                             after=(self.experiment.epochs - epoch) * steps, enabled=progress and self.main):
+        for i in progress_of(
+            range(position.step, steps),
+            f"train {self.name} epoch {epoch}/{self.experiment.epochs}",
+            steps,
+            initial=position.step,
+            unit="img",
+            per_item=self.batches.global_batch,
+            after=(self.experiment.epochs - epoch) * steps,
+            enabled=progress and self.main,
+        ):
             if self.stop_requested(i):
                 position.epoch_s += time.perf_counter() - started
                 self.halt()
@@ -360,12 +406,24 @@ class Trainer:
         loss_d, loss_g, d_x, d_gz = distributed.all_reduce_mean(position.sums / self.steps, self.world).tolist()
         grid = self.save_grid(epoch) if self.main else None
         images = self.steps * self.batches.global_batch
-        wall = ((position.history[-1]["wall_s"] if position.history else 0.0) + position.epoch_s
-                + (time.perf_counter() - ending))
-        row = {"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "d_real": d_x, "d_fake": d_gz,
-               "images_per_s": images / position.epoch_s, "images": images,
-               "train_s": position.epoch_s, "wall_s": wall, "d_collapse": float(collapsed),
-               "threads": torch.get_num_threads()}  # at the epoch's end (cpu_share.py: it follows the machine's load)
+        wall = (
+            (position.history[-1]["wall_s"] if position.history else 0.0)
+            + position.epoch_s
+            + (time.perf_counter() - ending)
+        )
+        row = {
+            "epoch": epoch,
+            "loss_d": loss_d,
+            "loss_g": loss_g,
+            "d_real": d_x,
+            "d_fake": d_gz,
+            "images_per_s": images / position.epoch_s,
+            "images": images,
+            "train_s": position.epoch_s,
+            "wall_s": wall,
+            "d_collapse": float(collapsed),
+            "threads": torch.get_num_threads(),
+        }  # at the epoch's end (cpu_share.py: it follows the machine's load)
         position.history.append(row)
         position.epoch, position.step, position.perm, position.sums = epoch, 0, None, None
         self.save()
@@ -390,12 +448,16 @@ class Trainer:
             what = "non-finite loss or weights in another process"
         elif bad_step >= 0:
             epoch, i = divmod(int(bad_step) - 1, steps)
-            what = (f"non-finite loss at epoch {epoch + 1}, step {i + 1}/{steps} (global step {int(bad_step)}: "
-                    f"loss_d={loss_d}, loss_g={loss_g})")
+            what = (
+                f"non-finite loss at epoch {epoch + 1}, step {i + 1}/{steps} (global step {int(bad_step)}: "
+                f"loss_d={loss_d}, loss_g={loss_g})"
+            )
         else:
             what = f"non-finite weights by {self.position.where(steps)}"
-        raise Diverged(f"{self.name}: {what}; training stopped, last good checkpoint "
-                       f"({LoopState(*self.saved).where(steps)}) kept in {self.ckpt_path}")
+        raise Diverged(
+            f"{self.name}: {what}; training stopped, last good checkpoint "
+            f"({LoopState(*self.saved).where(steps)}) kept in {self.ckpt_path}"
+        )
 
     def save(self) -> None:
         """A full checkpoint of where we are (collective under torchrun: every rank's noise RNG, so a
@@ -421,9 +483,11 @@ class Trainer:
         if self.saved != (self.position.epoch, self.position.step):
             self.check()
             self.save()
-        raise Interrupted(f"{self.name}: stopped by {signal.Signals(self.stop.signum).name}; checkpoint "
-                          f"({LoopState(*self.saved).where(self.steps)}) in {self.ckpt_path}; rerun to resume",
-                          self.stop.signum)
+        raise Interrupted(
+            f"{self.name}: stopped by {signal.Signals(self.stop.signum).name}; checkpoint "
+            f"({LoopState(*self.saved).where(self.steps)}) in {self.ckpt_path}; rerun to resume",
+            self.stop.signum,
+        )
 
     # ------------------------------------------------------------ finish
     def finish(self) -> dict:

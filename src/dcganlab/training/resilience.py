@@ -6,6 +6,7 @@
   state, so a resumed run ends bit-identical to an uninterrupted one on CPU.
 - finished/backfill: a rerun never logs a model or an epoch (metrics, grid) to MLflow twice, nor misses one.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,7 +73,7 @@ class Monitor:
     def __init__(self, device: torch.device, t):
         self.real_above, self.fake_below = t.collapse_real, t.collapse_fake
         self.first_bad = torch.full((3,), -1.0, device=device)  # global step, loss_d, loss_g
-        self.streak = torch.zeros((), device=device)   # consecutive collapsed steps, across epochs
+        self.streak = torch.zeros((), device=device)  # consecutive collapsed steps, across epochs
         self.longest = torch.zeros((), device=device)  # the running epoch's longest streak
 
     def update(self, out: torch.Tensor, global_step: int) -> None:
@@ -99,7 +100,7 @@ class LoopState:
     step: int = 0
     history: list = field(default_factory=list)
     perm: torch.Tensor | None = None
-    sums: torch.Tensor | None = None   # loss_d, loss_g, D(x), D(G(z)) summed over the done steps
+    sums: torch.Tensor | None = None  # loss_d, loss_g, D(x), D(G(z)) summed over the done steps
     epoch_s: float = 0.0
     resumed: bool = False
 
@@ -109,16 +110,30 @@ class LoopState:
         return f"end of epoch {self.epoch}" if self.epoch else "the start"
 
 
-def checkpoint_blob(position: LoopState, nets, order, monitor: Monitor, fingerprint: str, device,
-                    extra: dict | None = None) -> dict:
+def checkpoint_blob(
+    position: LoopState, nets, order, monitor: Monitor, fingerprint: str, device, extra: dict | None = None
+) -> dict:
     """Everything a resumed run needs, from `nets` (G, D, opt_g, opt_d: loop.Nets) and the RNGs."""
-    ckpt = {"G": nets.G.state_dict(), "D": nets.D.state_dict(), "opt_g": nets.opt_g.state_dict(),
-            "opt_d": nets.opt_d.state_dict(), "epoch": position.epoch, "step": position.step,
-            "history": position.history, "fingerprint": fingerprint, "rng_cpu": torch.get_rng_state(),
-            "rng_order": order.get_state(), "collapse_streak": monitor.streak.cpu()}
+    ckpt = {
+        "G": nets.G.state_dict(),
+        "D": nets.D.state_dict(),
+        "opt_g": nets.opt_g.state_dict(),
+        "opt_d": nets.opt_d.state_dict(),
+        "epoch": position.epoch,
+        "step": position.step,
+        "history": position.history,
+        "fingerprint": fingerprint,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_order": order.get_state(),
+        "collapse_streak": monitor.streak.cpu(),
+    }
     if position.step:
-        ckpt.update(perm=position.perm.cpu(), sums=position.sums.cpu(), collapse_longest=monitor.longest.cpu(),
-                    epoch_s=position.epoch_s)
+        ckpt.update(
+            perm=position.perm.cpu(),
+            sums=position.sums.cpu(),
+            collapse_longest=monitor.longest.cpu(),
+            epoch_s=position.epoch_s,
+        )
     if device.type == "cuda":
         ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
     ckpt.update(extra or {})  # torchrun: every rank's RNG states (rng_ranks)
@@ -161,8 +176,10 @@ def resume(path: Path, expected: Expected, nets, order, monitor: Monitor, world,
     if world.size > 1:  # torchrun: each rank continues its own noise stream
         ranks = ckpt.get("rng_ranks") or []
         if len(ranks) != world.size:
-            raise UserError(f"{name}: the checkpoint was written by {len(ranks) or 1} process(es), this run has "
-                            f"{world.size}; resume with the same --nproc_per_node x --nnodes")
+            raise UserError(
+                f"{name}: the checkpoint was written by {len(ranks) or 1} process(es), this run has "
+                f"{world.size}; resume with the same --nproc_per_node x --nnodes"
+            )
         torch.set_rng_state(ranks[world.rank]["cpu"])
         if device.type == "cuda" and "cuda" in ranks[world.rank]:
             torch.cuda.set_rng_state(ranks[world.rank]["cuda"], device)

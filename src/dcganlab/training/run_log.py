@@ -3,6 +3,7 @@
 Only rank 0 talks to MLflow (and prints the epoch lines); on every other torchrun rank each
 method here does nothing. That rule lives here, not in the loop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,8 @@ class RunLog:
 
     params: Params
     name: str
-    main: bool                      # rank 0: the only process that logs
-    mlflow: Any = None              # the mlflow module while the run is open (rank 0)
+    main: bool  # rank 0: the only process that logs
+    mlflow: Any = None  # the mlflow module while the run is open (rank 0)
 
     @property
     def state(self) -> Path:
@@ -63,7 +64,9 @@ class RunLog:
             return
         experiment = self.params.experiment(self.name)
         if position.resumed:
-            self.mlflow.set_tag("epochs_target", experiment.epochs)  # params are immutable; `epochs` may have been raised
+            self.mlflow.set_tag(
+                "epochs_target", experiment.epochs
+            )  # params are immutable; `epochs` may have been raised
             # epochs (metrics and grids) a killed or failed process never logged; for a new run continuing
             # another's checkpoint: the whole history
             backfill(self.mlflow, position.history, self.state)
@@ -75,9 +78,12 @@ class RunLog:
         """What a new MLflow run is compared by: the experiment, the dataset, the hardware settings."""
         experiment = self.params.experiment(self.name)
         dataset = self.params.dataset(experiment.dataset)
-        logged = {**{f"experiment.{k}": v for k, v in as_dict(experiment).items()},
-                  **{f"dataset.{k}": v for k, v in as_dict(dataset).items() if k != "path"},
-                  "seed": self.params.seed, **hardware}
+        logged = {
+            **{f"experiment.{k}": v for k, v in as_dict(experiment).items()},
+            **{f"dataset.{k}": v for k, v in as_dict(dataset).items() if k != "path"},
+            "seed": self.params.seed,
+            **hardware,
+        }
         self.mlflow.log_params({k: redact_uri(v) if isinstance(v, str) else v for k, v in logged.items()})
 
     def epoch(self, row: dict, grid: Image.Image | None, longest: float) -> None:
@@ -89,25 +95,33 @@ class RunLog:
         # synchronous: MLflow's async image queue polls once a second, so ending the run waited ~1 s
         # for it; a grid per epoch is one small PNG, and it is in the store when the epoch is reported
         self.mlflow.log_image(grid, key="samples", step=epoch, synchronous=True)
-        print(f"{self.name} epoch {epoch}/{epochs}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
-              f"D(x) {row['d_real']:.3f} D(G(z)) {row['d_fake']:.3f} {row['images_per_s']:.0f} img/s")
+        print(
+            f"{self.name} epoch {epoch}/{epochs}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f} "
+            f"D(x) {row['d_real']:.3f} D(G(z)) {row['d_fake']:.3f} {row['images_per_s']:.0f} img/s"
+        )
         if row["d_collapse"]:
             self.mlflow.set_tag("d_collapse", "true")
-            print(f"{self.name}: warning: discriminator collapse in epoch {epoch}: D(x) > {limits.collapse_real} and "
-                  f"D(G(z)) < {limits.collapse_fake} for {longest:.0f} consecutive steps "
-                  f"(G gets almost no gradient; try label smoothing or a lower lr_d)", file=sys.stderr)
+            print(
+                f"{self.name}: warning: discriminator collapse in epoch {epoch}: D(x) > {limits.collapse_real} and "
+                f"D(G(z)) < {limits.collapse_fake} for {longest:.0f} consecutive steps "
+                f"(G gets almost no gradient; try label smoothing or a lower lr_d)",
+                file=sys.stderr,
+            )
 
     def finish(self, summary: dict, G, spec: ModelSpec) -> None:
         """The run's summary metrics and (optionally) the registered model; then finished.json,
         which marks all of it as done."""
         if self.mlflow is None:
             return
-        self.mlflow.log_metrics({"train_images_per_s": summary["images_per_s"],
-                                 "train_wall_s": summary["train_wall_s"]})
+        self.mlflow.log_metrics(
+            {"train_images_per_s": summary["images_per_s"], "train_wall_s": summary["train_wall_s"]}
+        )
         if self.params.train.log_model:
             self.log_model(G, spec)
-        write_json(paths.finished_path(self.state), {"run_id": self.mlflow.active_run().info.run_id,
-                                                     "epochs": self.params.experiment(self.name).epochs})
+        write_json(
+            paths.finished_path(self.state),
+            {"run_id": self.mlflow.active_run().info.run_id, "epochs": self.params.experiment(self.name).epochs},
+        )
 
     def log_model(self, G, spec: ModelSpec) -> None:
         """The final generator, logged (log_pyfunc_generator) and registered as a new version of

@@ -2,6 +2,7 @@
 weight init, the losses (BCE with label smoothing, AC-GAN class terms, feature matching) and
 `train_step`, one update of D then G. The training loop (loop.py) and the benchmark both run it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 def build_networks(e, channels: int, size: int, num_classes: int = 0):
     """(G, D) of the experiment's variant with the variant's weight init."""
     variant = VARIANTS[e.variant]
@@ -47,7 +47,11 @@ def d_loss(e, real_out: DOut, fake_out: DOut, real_labels, fake_labels) -> torch
     # maximize log(D(x)) + log(1 - D(G(z))), targets real_label / fake_label (label smoothing)
     loss = bce(real_out.logit, e.real_label) + bce(fake_out.logit, e.fake_label)
     if real_out.class_logits is not None:  # AC-GAN: classify real and generated images
-        loss = loss + F.cross_entropy(real_out.class_logits, real_labels) + F.cross_entropy(fake_out.class_logits, fake_labels)
+        loss = (
+            loss
+            + F.cross_entropy(real_out.class_logits, real_labels)
+            + F.cross_entropy(fake_out.class_logits, fake_labels)
+        )
     return loss
 
 
@@ -94,8 +98,9 @@ class StepNets:
     scaler: torch.amp.GradScaler | None = None
 
 
-def train_step(nets: StepNets, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
-               accel: Accel = PLAIN) -> torch.Tensor:
+def train_step(
+    nets: StepNets, e, real: torch.Tensor, labels: torch.Tensor | None, num_classes: int, accel: Accel = PLAIN
+) -> torch.Tensor:
     """One GAN update on a batch in [-1, 1]; returns [loss_d, loss_g, D(x), D(G(z))] (no host sync).
     `accel`: autocast precision and memory format."""
     G, D, opt_g, opt_d = nets.G, nets.D, nets.opt_g, nets.opt_d
@@ -124,6 +129,11 @@ def train_step(nets: StepNets, e, real: torch.Tensor, labels: torch.Tensor | Non
         scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    return torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                        torch.sigmoid(real_out.logit.detach().float()).mean(),
-                        torch.sigmoid(fake_out.logit.detach().float()).mean()])
+    return torch.stack(
+        [
+            loss_d.detach().float(),
+            loss_g.detach().float(),
+            torch.sigmoid(real_out.logit.detach().float()).mean(),
+            torch.sigmoid(fake_out.logit.detach().float()).mean(),
+        ]
+    )

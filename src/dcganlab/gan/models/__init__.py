@@ -1,4 +1,5 @@
 """Network families. Each discriminator returns a `DOut`, so one training loop serves all."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -8,9 +9,9 @@ from torch import nn
 
 
 class DOut(NamedTuple):
-    logit: torch.Tensor                        # (B,) real/fake logit
-    features: torch.Tensor                     # (B, F) last hidden features (feature matching, probes)
-    class_logits: torch.Tensor | None = None   # (B, K) auxiliary classifier head (AC-GAN)
+    logit: torch.Tensor  # (B,) real/fake logit
+    features: torch.Tensor  # (B, F) last hidden features (feature matching, probes)
+    class_logits: torch.Tensor | None = None  # (B, K) auxiliary classifier head (AC-GAN)
 
 
 def dcgan_init(module: nn.Module) -> None:

@@ -2,6 +2,7 @@
 64x64) whose output passes a Gaussian filter and a stride-1 average pool, both fixed,
 size-preserving and differentiable, for smoother images. The discriminator is the DCGAN
 one; its features feed the generator's feature-matching loss (see training/step.py)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ from dcganlab.gan.models.dcgan import Generator
 
 def gaussian_kernel(sigma: float, size: int = 5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
 

@@ -4,6 +4,7 @@ Generator: z -> 4x4 by a transposed conv, then doubling transposed convs, BatchN
 Tanh output. Discriminator: the mirror with strided convs and LeakyReLU(0.2), no BatchNorm
 on its input layer. At 64x64 and ngf=ndf=64 this is exactly pytorch/examples' dcgan.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,15 @@ class Discriminator(nn.Module):
     the last conv block at stride 1 and `pool_head` replaces the 4x4 head conv by a 3x3 conv
     with global average pooling (the improved DCGAN's discriminator; works at any size /16)."""
 
-    def __init__(self, channels: int = 3, image_size: int = 64, ndf: int = 64, num_classes: int = 0,
-                 extra_block: bool = False, pool_head: bool = False):
+    def __init__(
+        self,
+        channels: int = 3,
+        image_size: int = 64,
+        ndf: int = 64,
+        num_classes: int = 0,
+        extra_block: bool = False,
+        pool_head: bool = False,
+    ):
         super().__init__()
         n = n_doublings(image_size)
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
@@ -77,8 +85,11 @@ class Discriminator(nn.Module):
             ]  # state size halves, channels double
             mult *= 2
         if extra_block:  # the last block again, size kept
-            layers += [nn.Conv2d(ndf * mult, ndf * mult, 3, 1, 1, bias=False), nn.BatchNorm2d(ndf * mult),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ndf * mult, ndf * mult, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         self.features = nn.Sequential(*layers)  # state size. (ndf*mult) x 4 x 4 (for 2^k sizes)
         outputs = 1 + num_classes
         if pool_head:

@@ -5,6 +5,7 @@ z -> a 1 x S x S noise map (linear layer) -> 5 stride-2 convolutions (BatchNorm 
 S must be divisible by 32 (32, 64, 96, 128). Its discriminator is the DCGAN one with the last
 block repeated and an average-pooling head (dcgan.Discriminator(extra_block, pool_head)).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,13 @@ N_DOWN, N_RES, N_UP = 5, 9, 5
 class ResidualBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True),
-                                  nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch))
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(True),
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(ch),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -28,15 +34,15 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.size = image_size
         self.project = nn.Linear(z_dim, image_size * image_size)
-        widths = [min(ngf * 2 ** i, ngf * 8) for i in range(N_DOWN)]   # ngf, 2ngf, 4ngf, 8ngf, 8ngf
+        widths = [min(ngf * 2**i, ngf * 8) for i in range(N_DOWN)]  # ngf, 2ngf, 4ngf, 8ngf, 8ngf
         down, ch = [], 1
-        for w in widths:                      # size halves
+        for w in widths:  # size halves
             down += [nn.Conv2d(ch, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)]
             ch = w
-        self.down = nn.Sequential(*down)       # state size. (8ngf) x S/32 x S/32
+        self.down = nn.Sequential(*down)  # state size. (8ngf) x S/32 x S/32
         self.res = nn.Sequential(*[ResidualBlock(ch) for _ in range(N_RES)])
         up = []
-        for w in reversed(widths[:-1]):        # size doubles: 4 layers with BatchNorm + ReLU ...
+        for w in reversed(widths[:-1]):  # size doubles: 4 layers with BatchNorm + ReLU ...
             up += [nn.ConvTranspose2d(ch, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)]
             ch = w
         up += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]  # ... and the 5th to the image

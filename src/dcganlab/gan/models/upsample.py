@@ -7,6 +7,7 @@ Generator: Dense(1024)-tanh -> Dense(128*s*s)-BatchNorm-tanh -> reshape -> twice
 'valid' conv-tanh-maxpool -> Dense(1024)-tanh -> one logit; its 1024 features are reused for
 classification probes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,11 +21,16 @@ class UpsampleGenerator(nn.Module):
         super().__init__()
         s = image_size // 4
         self.s = s
-        self.dense = nn.Sequential(nn.Linear(z_dim, 1024), nn.Tanh(), nn.Linear(1024, 128 * s * s),
-                                   nn.BatchNorm1d(128 * s * s), nn.Tanh())  # -> 128 x 7 x 7
+        self.dense = nn.Sequential(
+            nn.Linear(z_dim, 1024), nn.Tanh(), nn.Linear(1024, 128 * s * s), nn.BatchNorm1d(128 * s * s), nn.Tanh()
+        )  # -> 128 x 7 x 7
         self.conv = nn.Sequential(
-            nn.Upsample(scale_factor=2), nn.Conv2d(128, 64, 5, padding=2), nn.Tanh(),       # 64 x 14 x 14
-            nn.Upsample(scale_factor=2), nn.Conv2d(64, channels, 5, padding=2), nn.Tanh(),  # C x 28 x 28
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(128, 64, 5, padding=2),
+            nn.Tanh(),  # 64 x 14 x 14
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(64, channels, 5, padding=2),
+            nn.Tanh(),  # C x 28 x 28
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,9 +47,15 @@ class UpsampleDiscriminator(nn.Module):
         super().__init__()
         t = d_map_size(image_size)
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 64, 5, padding=2), nn.Tanh(), nn.MaxPool2d(2),  # 64 x 14 x 14 ('same')
-            nn.Conv2d(64, 128, 5), nn.Tanh(), nn.MaxPool2d(2),                  # 128 x 10 x 10 ('valid') -> 5 x 5
-            nn.Flatten(), nn.Linear(128 * t * t, 1024), nn.Tanh(),              # 1024 features
+            nn.Conv2d(channels, 64, 5, padding=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2),  # 64 x 14 x 14 ('same')
+            nn.Conv2d(64, 128, 5),
+            nn.Tanh(),
+            nn.MaxPool2d(2),  # 128 x 10 x 10 ('valid') -> 5 x 5
+            nn.Flatten(),
+            nn.Linear(128 * t * t, 1024),
+            nn.Tanh(),  # 1024 features
         )
         self.head = nn.Linear(1024, 1)
 
