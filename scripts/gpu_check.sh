@@ -181,7 +181,7 @@ gpu_tests() {
   (cd "$ROOT" && "$VENV/bin/python" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider \
     --junitxml "$OUT/pytest-gpu.xml") || rc=$?
   if [[ -f "$OUT/pytest-gpu.xml" ]]; then
-    "$VENV/bin/python" -m dcganlab.gpu_check tests "$OUT/pytest-gpu.xml" "$OUT/tests.json"
+    "$VENV/bin/python" -m dcganlab.bench.gpu_check tests "$OUT/pytest-gpu.xml" "$OUT/tests.json"
     cat "$OUT/tests.json"; echo
   fi
   return $rc
@@ -217,7 +217,7 @@ train_and_compare() {  # on the CPU with --cpu-only --epochs N: the same steps, 
   for cmd in "fetch digits" "prepare digits" "extractor digits" "train digits-dcgan" "evaluate digits-dcgan"; do
     (cd "$dir" && "$VENV/bin/python" -m dcganlab $cmd -p "$p") || return 1
   done
-  "$VENV/bin/python" -m dcganlab.gpu_check quality "$dir/reports/eval/digits-dcgan.json" \
+  "$VENV/bin/python" -m dcganlab.bench.gpu_check quality "$dir/reports/eval/digits-dcgan.json" \
     "$ROOT/reports/metrics.json" digits-dcgan "$OUT/quality.json"
 }
 
@@ -258,6 +258,6 @@ fi
 few_gpus=$([[ $GPUS -lt 2 ]] && echo "$GPUS GPU(s) listed by nvidia-smi" || true)
 run_or_skip "torchrun --nproc_per_node 2 (NCCL)" ddp "${no_install:-$few_gpus}"
 
-"$PY" -m dcganlab.gpu_check summary "$OUT" || FAILED=1  # the base interpreter: the venv may be broken
+"$PY" -m dcganlab.bench.gpu_check summary "$OUT" || FAILED=1  # the base interpreter: the venv may be broken
 echo "gpu_check: $(( $(date +%s) - START )) s; $( ((FAILED)) && echo FAILED || echo passed ) -> $OUT/gpu-check.json"
 exit $FAILED

@@ -16,6 +16,7 @@ Modes (what keras-dcgan's train loop does that our loop does not):
 - `keras`: `half`, plus D's fakes from `g.predict` (G's BatchNorm in inference mode, Keras'
   moving-average momentum 0.99 and epsilon 1e-3) and fresh noise for G's step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,12 @@ import torch
 from torch import nn
 from torchvision.utils import save_image
 
-from dcganlab.config import ExperimentParams
-from dcganlab.evaluate import fid_kid_features
-from dcganlab.extractor import embed, load_extractor, to_float
-from dcganlab.train import bce, build_networks, generate, sample_noise, train_step
-from dcganlab.variants import VARIANTS
+from dcganlab.core.config import ExperimentParams
+from dcganlab.evaluation.extractor import embed, load_extractor, to_float
+from dcganlab.evaluation.metrics import fid_kid_features
+from dcganlab.gan.sampling import generate, sample_noise
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import StepNets, bce, build_networks, train_step
 
 
 def keras_step(G, D, opt_g, opt_d, real, z_dim, predict_mode: bool):
@@ -40,7 +42,7 @@ def keras_step(G, D, opt_g, opt_d, real, z_dim, predict_mode: bool):
     if predict_mode:
         G.eval()
         with torch.no_grad():
-            fake = G(z)          # g.predict: inference-mode BatchNorm
+            fake = G(z)  # g.predict: inference-mode BatchNorm
         G.train()
     else:
         fake = G(z).detach()
@@ -71,8 +73,9 @@ def main() -> None:
     real_f = embed(extractor, test[torch.randperm(len(test), generator=gen)[:1000]])
     z_eval = sample_noise(1000, 100, "uniform", "cpu", gen)
 
-    e = ExperimentParams(variant="upsample-gan", z_dim=100, lr_g=5e-4, lr_d=5e-4, momentum=0.9, noise="uniform",
-                         batch_size=128)
+    e = ExperimentParams(
+        variant="upsample-gan", z_dim=100, lr_g=5e-4, lr_d=5e-4, momentum=0.9, noise="uniform", batch_size=128
+    )
     v = VARIANTS["upsample-gan"]
     G, D = build_networks(e, 1, 28)  # glorot init (Keras' default)
     if args.mode == "keras":
@@ -87,18 +90,26 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(len(train))
         for i in range(steps):
-            real = train[order[i * e.batch_size:(i + 1) * e.batch_size]]
+            real = train[order[i * e.batch_size : (i + 1) * e.batch_size]]
             if args.mode == "ours":
-                train_step(G, D, opt_g, opt_d, e, real, None, 0)
+                train_step(StepNets(G, D, opt_g, opt_d), e, real, None, 0)
             else:
                 keras_step(G, D, opt_g, opt_d, real, e.z_dim, args.mode == "keras")
             if (i + 1) in (steps // 2, steps):
                 fake = generate(G, z_eval)
                 fid = fid_kid_features(real_f, embed(extractor, fake), 100)["fid"]
-                print(f"{args.mode} epoch {epoch - 1 + (i + 1) / steps:.1f}: FID {fid:.2f} "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
-        save_image(generate(G, z_eval[:64]), args.out / f"{args.mode}_epoch{epoch}.png", normalize=True,
-                   value_range=(-1, 1), nrow=8)
+                print(
+                    f"{args.mode} epoch {epoch - 1 + (i + 1) / steps:.1f}: FID {fid:.2f} "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+        save_image(
+            generate(G, z_eval[:64]),
+            args.out / f"{args.mode}_epoch{epoch}.png",
+            normalize=True,
+            value_range=(-1, 1),
+            nrow=8,
+        )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ git commit -qam "queue_share: digits-dcgan only"
 dvc repro -q >/dev/null
 git add -A >/dev/null; git commit -qm baseline >/dev/null
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); avx512_bf16: $(grep -c avx512_bf16 /proc/cpuinfo || true)"
-echo "isa: $(python -c 'from dcganlab.accel import cpu_path; print(cpu_path())')"
+echo "isa: $(python -c 'from dcganlab.training.accel import cpu_path; print(cpu_path())')"
 serial=$(run 1 1 2)
 together=$(run 2 3 4)
 echo "two queued experiments: -j 1 ${serial} s, -j 2 ${together} s (serial / together = $(python -c "print(f'{$serial / $together:.2f}')"))"

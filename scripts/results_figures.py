@@ -9,6 +9,7 @@ experiments' train, sample, evaluate and quality stages. For each experiment thi
 - `<exp>-ranked.png`: random samples (left) next to the discriminator's best of 5n (right);
 each at most 600 px wide, and prints one table row per experiment (the numbers docs/results.md quotes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,19 +67,23 @@ def table_row(ws: Path, exp: str) -> str:
     stats = json.loads((ws / "data" / "processed" / m["dataset"] / "stats.json").read_text())
     probe = m.get("linear_probe") or {}
     rss = f", {train['peak_rss_mb'] / 1024:.2f} GiB" if "peak_rss_mb" in train else ""
-    return (f"| {exp} | {m['variant']} | {m['dataset']} {stats['image_size']}x{stats['image_size']} | "
-            f"{stats['train']:,} / {stats['test']:,} | {m['epochs']} | {m['train_wall_s'] / 60:.1f} min, "
-            f"{m['images_per_s']:.0f} img/s{rss} | {m['fid']:.2f} ({m['fid_real_floor']:.2f}) | "
-            f"{m['kid']:.3f} ± {m['kid_std']:.3f} | {m['precision']:.2f} / {m['recall']:.2f} "
-            f"({m['precision_real_floor']:.2f} / {m['recall_real_floor']:.2f}) | "
-            f"{m['density']:.2f} / {m['coverage']:.2f} ({m['density_real_floor']:.2f} / {m['coverage_real_floor']:.2f}) | "
-            f"{probe.get('d_features', float('nan')):.3f} vs {probe.get('pixels', float('nan')):.3f} "
-            f"(n={probe.get('eval_n', 'n/a')}) | {m['fid_ranked']:.2f} vs {m['fid']:.2f} |")
+    return (
+        f"| {exp} | {m['variant']} | {m['dataset']} {stats['image_size']}x{stats['image_size']} | "
+        f"{stats['train']:,} / {stats['test']:,} | {m['epochs']} | {m['train_wall_s'] / 60:.1f} min, "
+        f"{m['images_per_s']:.0f} img/s{rss} | {m['fid']:.2f} ({m['fid_real_floor']:.2f}) | "
+        f"{m['kid']:.3f} ± {m['kid_std']:.3f} | {m['precision']:.2f} / {m['recall']:.2f} "
+        f"({m['precision_real_floor']:.2f} / {m['recall_real_floor']:.2f}) | "
+        f"{m['density']:.2f} / {m['coverage']:.2f} ({m['density_real_floor']:.2f} / {m['coverage_real_floor']:.2f}) | "
+        f"{probe.get('d_features', float('nan')):.3f} vs {probe.get('pixels', float('nan')):.3f} "
+        f"(n={probe.get('eval_n', 'n/a')}) | {m['fid_ranked']:.2f} vs {m['fid']:.2f} |"
+    )
 
 
-HEADER = ("| experiment | variant | data | train / held-out images | epochs | training (peak RSS) | FID (real floor) | "
-          "KID ± std | precision / recall (real) | density / coverage (real) | probe: D features vs pixels | "
-          "FID: D-ranked vs random |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| experiment | variant | data | train / held-out images | epochs | training (peak RSS) | FID (real floor) | "
+    "KID ± std | precision / recall (real) | density / coverage (real) | probe: D features vs pixels | "
+    "FID: D-ranked vs random |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 (a target for a link that leaves the folder) and returns the folder. EXPECTED maps each
 entry's path inside the folder to its status: (with face detection, without).
 """
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "empty.jpg": ("empty", "empty"),
     "empty.png": ("empty", "empty"),
     "text.png": ("not_an_image", "not_an_image"),
-    "jpeg named.png": (K, K),                    # content decides, not the extension
+    "jpeg named.png": (K, K),  # content decides, not the extension
     "cmyk.jpg": (F, K),
     "cmyk astronaut.jpg": (K, K),
     "gray16.png": (F, K),
@@ -56,18 +57,18 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "UPPER.PNG": (F, K),
     "nested/deeper/ünïcödé façe ☺.jpg": (K, K),
     "with space/a b.png": (F, K),
-    "not utf-8 \\xff.jpg": (K, K),           # a name whose bytes are not UTF-8: shown escaped
+    "not utf-8 \\xff.jpg": (K, K),  # a name whose bytes are not UTF-8: shown escaped
     "new\nline.png": (F, K),
     "dir.jpg/inside.png": (F, K),
-    "dir.jpg": ("ignored", "ignored"),           # a directory named like an image
+    "dir.jpg": ("ignored", "ignored"),  # a directory named like an image
     ".hidden.png": ("ignored", "ignored"),
-    ".cache": ("ignored", "ignored"),           # a hidden folder: not searched
+    ".cache": ("ignored", "ignored"),  # a hidden folder: not searched
     "notes.txt": ("ignored", "ignored"),
-    "link out.png": ("ignored", "ignored"),      # leads outside the folder: never followed
+    "link out.png": ("ignored", "ignored"),  # leads outside the folder: never followed
     "broken link.png": ("ignored", "ignored"),
-    "link in.jpg": (K, K),                       # leads to a file inside the folder: read
-    "tiny.png": ("too_small", K),                # below min_face_size (resized up without detection)
-    "bomb.png": ("too_large", "too_large"),      # IHDR says 40000 x 40000
+    "link in.jpg": (K, K),  # leads to a file inside the folder: read
+    "tiny.png": ("too_small", K),  # below min_face_size (resized up without detection)
+    "bomb.png": ("too_large", "too_large"),  # IHDR says 40000 x 40000
     "pixel.png": ("too_small", K),
 }
 
@@ -152,8 +153,9 @@ def build_hostile(root: Path) -> Path:
         face.transpose(turn).save(folder / f"exif{tag}.jpg", exif=exif.tobytes(), quality=95)
     bad = bytearray(jpeg)  # an APP1 Exif segment full of garbage right after SOI
     junk = b"Exif\x00\x00" + b"MM\x00\x2a\xff\xff\xff\xff" + b"\xde\xad" * 20
-    (folder / "bad exif.jpg").write_bytes(bytes(bad[:2]) + b"\xff\xe1" + struct.pack(">H", len(junk) + 2) + junk
-                                         + bytes(bad[2:]))
+    (folder / "bad exif.jpg").write_bytes(
+        bytes(bad[:2]) + b"\xff\xe1" + struct.pack(">H", len(junk) + 2) + junk + bytes(bad[2:])
+    )
 
     for ext in ("webp", "bmp", "tiff", "gif"):
         face.save(folder / f"astronaut.{ext}")

@@ -1,4 +1,5 @@
 """Atomic writes: complete files only, and equal content gives equal bytes (stable DVC hashes)."""
+
 import os
 import subprocess
 import sys
@@ -6,13 +7,15 @@ import sys
 import pytest
 import torch
 
-from dcganlab.atomic import save_torch, write_json
+from dcganlab.core.atomic import save_torch, write_json
 
 
 def test_equal_tensors_saved_by_two_processes_give_identical_bytes(tmp_path):
     # each process has its own pid, so its own temp file name; the bytes must not depend on it
-    code = ("import sys, torch; from dcganlab.atomic import save_torch; "
-            "torch.manual_seed(0); save_torch(sys.argv[1], {'w': torch.randn(3, 3), 'epoch': 2})")
+    code = (
+        "import sys, torch; from dcganlab.core.atomic import save_torch; "
+        "torch.manual_seed(0); save_torch(sys.argv[1], {'w': torch.randn(3, 3), 'epoch': 2})"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     for name in ("a.pt", "b.pt"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, env=env)

@@ -1,4 +1,5 @@
 """bench: every measurement runs, bench.json holds sane numbers, the profiler leaves no trace."""
+
 import json
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dcganlab.bench import BenchSettings, _our_loop
+from dcganlab.bench.bench import BenchSettings, _our_loop
 from dcganlab.cli import app
 
 
@@ -16,8 +17,24 @@ def _positive(x) -> bool:
 
 def test_bench_writes_every_measurement(prepared):
     out = prepared.root / "reports" / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--steps", "2", "--warmup", "1", "--photos", "12",
-                                      "--eval-samples", "40", "--process-repeats", "0", "-p", str(prepared.root / "params.yaml")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--photos",
+            "12",
+            "--eval-samples",
+            "40",
+            "--process-repeats",
+            "0",
+            "-p",
+            str(prepared.root / "params.yaml"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "train_speedup_vs_reference" in result.output and "prepare_scaling_2_workers" in result.output
     r = json.loads(out.read_text())
@@ -25,14 +42,29 @@ def test_bench_writes_every_measurement(prepared):
 
     assert r["baseline"] == "tiny" and r["data"]["digits"] == "data/processed/digits"  # the project's own data
     assert {"cpu", "cpu_count", "torch", "torch_threads"} <= set(r["machine"])
-    assert r["settings"] == {"warmup": 1, "steps": 2, "profile_steps": 10, "photos": 12, "eval_samples": 40, "repeats": 5,
-                             "process_repeats": 0, "process_images": 2048, "share_epochs": 8,
-                             "share_threads": 0}
+    assert r["settings"] == {
+        "warmup": 1,
+        "steps": 2,
+        "profile_steps": 10,
+        "photos": 12,
+        "eval_samples": 40,
+        "repeats": 5,
+        "process_repeats": 0,
+        "process_images": 2048,
+        "share_epochs": 8,
+        "share_threads": 0,
+    }
     assert set(r["machine"]["cpu_path"]) == {"isa", "onednn_max_isa", "native_bf16", "threads"}
     assert "CPU path: ISA" in result.output
-    assert "whole_process" not in r and "sharing" not in r and r["cpu_peak"]["fp32_gflops"] > 0  # --process-repeats 0 skips it
-    measured = [r["train"]["tiny"], r["reference"], r["evaluate"], *(r["prepare"][k] for k in
-                                                                     ("1_worker", "2_workers", "in_process_default"))]
+    assert (
+        "whole_process" not in r and "sharing" not in r and r["cpu_peak"]["fp32_gflops"] > 0
+    )  # --process-repeats 0 skips it
+    measured = [
+        r["train"]["tiny"],
+        r["reference"],
+        r["evaluate"],
+        *(r["prepare"][k] for k in ("1_worker", "2_workers", "in_process_default")),
+    ]
     for m in measured:
         assert _positive(m["peak_rss_mb"]) and m["peak_rss_mb"] >= m["start_rss_mb"] > 0
         assert m["peak_children_uss_mb"] >= 0
@@ -47,19 +79,27 @@ def test_bench_writes_every_measurement(prepared):
     p = r["step_profile"]
     assert 0 <= r["step_overhead_fraction"] == p["step_overhead_fraction"] < 1
     assert _positive(p["forward_ms"]) and _positive(p["backward_ms"]) and _positive(p["optimizer_ms"])
-    assert math.isclose(p["forward_ms"] + p["backward_ms"] + p["optimizer_ms"] + p["other_ms"], p["step_ms"], rel_tol=1e-6)
+    assert math.isclose(
+        p["forward_ms"] + p["backward_ms"] + p["optimizer_ms"] + p["other_ms"], p["step_ms"], rel_tol=1e-6
+    )
 
     prep = r["prepare"]
     assert prep["identical_output"] is True
     assert [prep[k]["workers"] for k in ("1_worker", "2_workers")] == [1, 2]
     assert prep["1_worker"]["opencv_threads"] == 1 and prep["1_worker"]["photos"] == 12
     assert prep["1_worker"]["kept"] == prep["2_workers"]["kept"] > 0
-    assert math.isclose(r["prepare_scaling_2_workers"], prep["2_workers"]["images_per_s"] / prep["1_worker"]["images_per_s"])
-    assert math.isclose(r["prepare_2_workers_vs_in_process"],
-                        prep["2_workers"]["images_per_s"] / prep["in_process_default"]["images_per_s"])
+    assert math.isclose(
+        r["prepare_scaling_2_workers"], prep["2_workers"]["images_per_s"] / prep["1_worker"]["images_per_s"]
+    )
+    assert math.isclose(
+        r["prepare_2_workers_vs_in_process"],
+        prep["2_workers"]["images_per_s"] / prep["in_process_default"]["images_per_s"],
+    )
     ev = r["evaluate"]
     assert ev["samples"] == 40 and _positive(ev["seconds_per_1000_samples"])
-    assert math.isclose(ev["seconds_per_1000_samples"], (ev["generate_s"] + ev["fid_kid_s"] + ev["floor_s"]) * 1000 / 40)
+    assert math.isclose(
+        ev["seconds_per_1000_samples"], (ev["generate_s"] + ev["fid_kid_s"] + ev["floor_s"]) * 1000 / 40
+    )
 
 
 def test_bench_rejects_an_unknown_experiment(project):
@@ -70,11 +110,17 @@ def test_bench_rejects_an_unknown_experiment(project):
 
 
 def test_profiling_a_step_restores_backward_and_optimizers(prepared):
-    from dcganlab import paths
+    from dcganlab.core import paths
 
     backward = torch.Tensor.backward
-    r = _our_loop(prepared, "tiny", str(paths.processed_dir(prepared.root, "digits")), "cpu",
-                  BenchSettings(warmup=1, steps=2, profile_steps=2), True)
+    r = _our_loop(
+        prepared,
+        "tiny",
+        str(paths.processed_dir(prepared.root, "digits")),
+        "cpu",
+        BenchSettings(warmup=1, steps=2, profile_steps=2),
+        True,
+    )
     assert torch.Tensor.backward is backward
     assert r["profile"]["steps"] == 2 and r["images_per_s"] > 0 and r["batch_size"] == 16
     x = torch.zeros(1, requires_grad=True)
@@ -85,7 +131,7 @@ def test_profiling_a_step_restores_backward_and_optimizers(prepared):
 @pytest.mark.slow
 def test_whole_process_comparison_runs_both_sides_alternating(prepared, tmp_path):
     """dcganlab train and the classic script, each a fresh process, on the same tiny setting."""
-    from dcganlab.bench_classic import Setting, compare
+    from dcganlab.bench.classic import Setting, compare
 
     prepared.train.amp = prepared.train.channels_last = "off"  # fp32 both sides: the MFU peaks match
     seen: list[str] = []
@@ -108,7 +154,7 @@ def test_whole_process_comparison_runs_both_sides_alternating(prepared, tmp_path
 
 def test_flops_per_image_counts_the_dcgan_step(tmp_path, prepared):
     """FlopCounterMode over one step: the DCGAN's convolutions, forward + backward, per image."""
-    from dcganlab.bench_classic import flops_per_image, make_project, Setting
+    from dcganlab.bench.classic import Setting, flops_per_image, make_project
 
     params_file = make_project(prepared, Setting("t", 16, 1, 4, 8, 16), tmp_path)
     f = flops_per_image(params_file)
@@ -118,7 +164,7 @@ def test_flops_per_image_counts_the_dcgan_step(tmp_path, prepared):
 
 
 def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
-    from dcganlab.bench_classic import cpu_peak, mfu
+    from dcganlab.bench.classic import cpu_peak, mfu
 
     p = cpu_peak()
     assert p["cores"] >= 1 and p["ghz"] > 0 and p["bf16_flop_per_cycle"] >= p["fp32_flop_per_cycle"] >= 16
@@ -127,7 +173,7 @@ def test_cpu_peak_is_cores_times_clock_times_flop_per_cycle():
 
 
 def test_classic_script_rejects_a_folder_without_images(tmp_path):
-    from dcganlab.classic_loop import main
+    from dcganlab.bench.classic_loop import main
 
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "missing"), "--outf", str(tmp_path / "out")])
@@ -135,8 +181,8 @@ def test_classic_script_rejects_a_folder_without_images(tmp_path):
 
 
 def test_sharing_runs_real_trainings_beside_a_neighbour_and_two_at_once(prepared, tmp_path):
-    from dcganlab.bench_classic import Setting
-    from dcganlab.bench_share import sharing
+    from dcganlab.bench.classic import Setting
+    from dcganlab.bench.share import sharing
 
     r = sharing(prepared, Setting("share", 16, 1, 8, 16, 64), tmp_path / "share", epochs=1, log=lambda m: None)
     assert r["setting"]["threads"] == "share"

@@ -1,6 +1,7 @@
 """The extractor's calibration (calibration.py): disturbed real images score worse with every level,
 the checks catch features that magnify a faint checkerboard, and the extractor stage writes the table
 that `dcganlab score` and the report print the headline of."""
+
 import json
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from dcganlab import paths
-from dcganlab.calibration import FAMILIES, UNCLIPPED, calibrate, checkerboard, disturb, read_headline
 from dcganlab.cli import app
+from dcganlab.core import paths
+from dcganlab.evaluation.calibration import FAMILIES, UNCLIPPED, calibrate, checkerboard, disturb, read_headline
 
 INFO = {"dataset": "d", "kind": "classifier", "features": 36, "test_accuracy": 1.0}
 
@@ -31,7 +32,9 @@ class AliasingFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 2, 2)
-        return torch.cat([F.avg_pool2d(x.float(), 4).flatten(1), 16 * F.conv2d(x.float(), kernel, stride=2).flatten(1)], 1)
+        return torch.cat(
+            [F.avg_pool2d(x.float(), 4).flatten(1), 16 * F.conv2d(x.float(), kernel, stride=2).flatten(1)], 1
+        )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,12 @@ def digits():
     images = x[order].reshape(-1, 1, 28, 28)[:, :, 2:26, 2:26].astype(np.uint8)
     split = np.zeros(len(images), np.uint8)
     split[900:] = 1
-    return {"images": images, "labels": y[order].astype(np.int64), "split": split,
-            "stats": {"classes": [str(i) for i in range(10)]}}
+    return {
+        "images": images,
+        "labels": y[order].astype(np.int64),
+        "split": split,
+        "stats": {"classes": [str(i) for i in range(10)]},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +81,24 @@ def test_every_family_scores_worse_with_its_level_on_robust_features(robust):
         fids = [r["fid"] for r in fam["levels"]]
         if name == "checkerboard":  # faint levels sit at the floor on robust features (their order is noise) ...
             assert fids[-1] > max(fids[:-1]) and fids[2] - fids[0] < 0.05 * (fids[-1] - fids[0]) + 0.05, fids
-            continue               # ... so Spearman over them is arbitrary (docs/evaluation.md)
+            continue  # ... so Spearman over them is arbitrary (docs/evaluation.md)
         assert fam["spearman"] >= 0.9, (name, [round(f, 3) for f in fids])
         assert len(fids) >= 5 and (fids[0] == robust["real_floor"]["fid"] or name == "mode_dropping")
     # the suite's ratio is of raw FIDs, floor included; on 600 tiny images the floor alone is near 0.3 x the
     # blur, so the test compares what each disturbance adds to the floor
     floor = robust["real_floor"]["fid"]
-    added = {f: next(r["fid"] for r in fams[f]["levels"] if r["level"] == lv) - floor
-             for f, lv in (("checkerboard", 4.0), ("gaussian_blur", 1.0))}
+    added = {
+        f: next(r["fid"] for r in fams[f]["levels"] if r["level"] == lv) - floor
+        for f, lv in (("checkerboard", 4.0), ("gaussian_blur", 1.0))
+    }
     assert added["checkerboard"] <= 0.3 * added["gaussian_blur"], added
     checks = robust["checks"]
-    assert checks["checkerboard_ratio_above_floor"] == pytest.approx(max(added["checkerboard"], 0) / added["gaussian_blur"])
+    assert checks["checkerboard_ratio_above_floor"] == pytest.approx(
+        max(added["checkerboard"], 0) / added["gaussian_blur"]
+    )
     assert checks["checkerboard_above_floor_ok"] and checks["checkerboard_blind_ratio"] == pytest.approx(
-        floor / (added["gaussian_blur"] + floor))
+        floor / (added["gaussian_blur"] + floor)
+    )
     assert robust["n"] == 600 and robust["k"] == 3
 
 

@@ -2,12 +2,12 @@ import re
 
 import pytest
 import yaml
+from conftest import tiny_params, write_params
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import check_params, load_params, parse_params
-from dcganlab.errors import ParamsError
+from dcganlab.core.config import check_params, load_params, parse_params
+from dcganlab.core.errors import ParamsError
 
 
 def test_the_repository_params_are_valid():
@@ -95,7 +95,9 @@ def test_yes_from_dvc_exp_run_set_is_a_bool_only_where_a_bool_belongs(tmp_path):
     message = str(info.value)
     assert message.startswith("invalid params: ") and "\n" not in message
     assert sorted(message.removeprefix("invalid params: ").split("; ")) == [
-        "experiments.tiny.epochs: expected int, got True", "experiments.tiny.lr_g: expected float, got True"]
+        "experiments.tiny.epochs: expected int, got True",
+        "experiments.tiny.lr_g: expected float, got True",
+    ]
 
 
 @pytest.mark.parametrize("key,value,message", BAD_VALUES[::6])
@@ -111,8 +113,15 @@ def test_cli_exits_2_before_any_work(tmp_path, key, value, message):
 def test_download_sources_check_their_split():
     with pytest.raises(ParamsError, match="'valid' is not a split of cifar10"):
         parse_params(tiny_params(**{"datasets.digits.source": "cifar10", "datasets.digits.split": "valid"}))
-    parse_params(tiny_params(**{"datasets.digits.source": "celeba", "datasets.digits.split": "valid",
-                                "experiments.tiny.variant": "dcgan"}))
+    parse_params(
+        tiny_params(
+            **{
+                "datasets.digits.source": "celeba",
+                "datasets.digits.split": "valid",
+                "experiments.tiny.variant": "dcgan",
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "eval", "extractors", "Samples"])
@@ -143,8 +152,14 @@ def test_every_error_is_reported_at_once():
 
 
 def test_type_errors_and_range_errors_are_listed_together(tmp_path):
-    raw = tiny_params(**{"experiments.tiny.epochs": "ten", "experiments.tiny.lerning_rate": 0.1,
-                         "datasets.digits.channels": 2, "train.device": "gpu"})
+    raw = tiny_params(
+        **{
+            "experiments.tiny.epochs": "ten",
+            "experiments.tiny.lerning_rate": 0.1,
+            "datasets.digits.channels": 2,
+            "train.device": "gpu",
+        }
+    )
     _, errors = check_params(raw)
     assert len(errors) == 4, errors
     result = CliRunner().invoke(app, ["train", "--params", str(write_params(tmp_path, raw))])
@@ -161,14 +176,17 @@ def test_cli_exits_2_with_one_line_on_bad_params(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("text,message", [
-    ("", "is empty"),
-    ("# only a comment\n", "is empty"),
-    ("- seed\n- datasets\n", "the top level: expected a mapping"),
-    ("just a string\n", "the top level: expected a mapping"),
-    ("seed: 0\nseed: 1\n", "line 2: duplicate key 'seed'"),
-    ("train:\n  device: cpu\n  grid_size: 4\n  device: cuda\n", "line 4: duplicate key 'device'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("- seed\n- datasets\n", "the top level: expected a mapping"),
+        ("just a string\n", "the top level: expected a mapping"),
+        ("seed: 0\nseed: 1\n", "line 2: duplicate key 'seed'"),
+        ("train:\n  device: cpu\n  grid_size: 4\n  device: cuda\n", "line 4: duplicate key 'device'"),
+    ],
+)
 def test_params_file_shape_errors_exit_2(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=re.escape(message)):
@@ -179,10 +197,11 @@ def test_params_file_shape_errors_exit_2(tmp_path, text, message):
 
 def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path):
     raw = tiny_params()
-    text = yaml.safe_dump(raw, sort_keys=False).replace("experiments:\n  tiny:\n",
-                                                        "experiments:\n  tiny: &base\n")
+    text = yaml.safe_dump(raw, sort_keys=False).replace("experiments:\n  tiny:\n", "experiments:\n  tiny: &base\n")
     text += "  # a second experiment from the first\n"
-    (tmp_path / "params.yaml").write_text(text.replace("train:\n", "  tiny2:\n    <<: *base\n    epochs: 2\ntrain:\n", 1))
+    (tmp_path / "params.yaml").write_text(
+        text.replace("train:\n", "  tiny2:\n    <<: *base\n    epochs: 2\ntrain:\n", 1)
+    )
     p = load_params(tmp_path / "params.yaml")
     assert p.experiments["tiny2"].epochs == 2 and p.experiments["tiny2"].z_dim == p.experiments["tiny"].z_dim
 
@@ -217,21 +236,46 @@ def test_every_single_bad_value_gives_one_message_and_no_crash():
 
 # every size and rate has an upper bound (config.py says why each); the issue's cases first
 UPPER_BOUNDS = [
-    ("experiments.tiny.lr_g", 10.0), ("experiments.tiny.ngf", 512), ("experiments.tiny.z_dim", 4096),
-    ("train.grid_size", 1024), ("experiments.tiny.lr_d", 10.0), ("experiments.tiny.ndf", 512),
-    ("experiments.tiny.epochs", 100_000), ("experiments.tiny.batch_size", 65536),
-    ("experiments.tiny.feature_matching", 1e6), ("experiments.tiny.smooth_sigma", 100.0),
-    ("experiments.tiny.seed_offset", 2**32 - 1), ("datasets.digits.min_face_size", 100_000),
-    ("datasets.digits.scale_factor", 10.0), ("datasets.digits.min_neighbors", 1000),
-    ("datasets.digits.max_pixels", 10**9), ("datasets.digits.workers", 256),
-    ("train.checkpoint_every_steps", 10**9), ("train.collapse_steps", 10**9), ("sample.num", 1024),
-    ("sample.interpolation_pairs", 64), ("sample.interpolation_steps", 64), ("sample.arithmetic_rows", 64),
-    ("sample.arithmetic_pool", 100_000), ("sample.arithmetic_mean_of", 100), ("extractor.epochs", 100_000),
-    ("extractor.batch_size", 65536), ("extractor.lr", 10.0), ("extractor.features", 4096),
-    ("extractor.work_size", 1024), ("extractor.black_level", 255.0), ("extractor.robust_from", 1024),
-    ("evaluate.num_samples", 50_000), ("evaluate.kid_subset_size", 50_000), ("evaluate.batch_size", 65536),
-    ("evaluate.pr_k", 100), ("evaluate.ssim_pairs", 10**6), ("evaluate.probe_train_n", 10**6),
-    ("evaluate.nice_factor", 20), ("evaluate.curve_samples", 50_000), ("evaluate.inception_samples", 50_000),
+    ("experiments.tiny.lr_g", 10.0),
+    ("experiments.tiny.ngf", 512),
+    ("experiments.tiny.z_dim", 4096),
+    ("train.grid_size", 1024),
+    ("experiments.tiny.lr_d", 10.0),
+    ("experiments.tiny.ndf", 512),
+    ("experiments.tiny.epochs", 100_000),
+    ("experiments.tiny.batch_size", 65536),
+    ("experiments.tiny.feature_matching", 1e6),
+    ("experiments.tiny.smooth_sigma", 100.0),
+    ("experiments.tiny.seed_offset", 2**32 - 1),
+    ("datasets.digits.min_face_size", 100_000),
+    ("datasets.digits.scale_factor", 10.0),
+    ("datasets.digits.min_neighbors", 1000),
+    ("datasets.digits.max_pixels", 10**9),
+    ("datasets.digits.workers", 256),
+    ("train.checkpoint_every_steps", 10**9),
+    ("train.collapse_steps", 10**9),
+    ("sample.num", 1024),
+    ("sample.interpolation_pairs", 64),
+    ("sample.interpolation_steps", 64),
+    ("sample.arithmetic_rows", 64),
+    ("sample.arithmetic_pool", 100_000),
+    ("sample.arithmetic_mean_of", 100),
+    ("extractor.epochs", 100_000),
+    ("extractor.batch_size", 65536),
+    ("extractor.lr", 10.0),
+    ("extractor.features", 4096),
+    ("extractor.work_size", 1024),
+    ("extractor.black_level", 255.0),
+    ("extractor.robust_from", 1024),
+    ("evaluate.num_samples", 50_000),
+    ("evaluate.kid_subset_size", 50_000),
+    ("evaluate.batch_size", 65536),
+    ("evaluate.pr_k", 100),
+    ("evaluate.ssim_pairs", 10**6),
+    ("evaluate.probe_train_n", 10**6),
+    ("evaluate.nice_factor", 20),
+    ("evaluate.curve_samples", 50_000),
+    ("evaluate.inception_samples", 50_000),
 ]
 
 
@@ -249,16 +293,35 @@ def test_the_upper_bounds_list_every_size_and_rate():
     """A new numeric key in params needs a bound (and this list an entry)."""
     from dataclasses import fields
 
-    from dcganlab import config
+    from dcganlab.core import config
 
-    sections = {"datasets.digits": config.DatasetParams, "experiments.tiny": config.ExperimentParams,
-                "train": config.TrainParams, "sample": config.SampleParams, "extractor": config.ExtractorParams,
-                "evaluate": config.EvaluateParams}
-    numeric = {f"{where}.{f.name}" for where, cls in sections.items() for f in fields(cls) if f.type in ("int", "float")}
-    bounded_both_ways = {"datasets.digits.image_size", "datasets.digits.channels", "datasets.digits.margin",
-                         "datasets.digits.test_fraction", "experiments.tiny.beta1", "experiments.tiny.beta2",
-                         "experiments.tiny.momentum", "experiments.tiny.real_label", "experiments.tiny.fake_label",
-                         "experiments.tiny.lr_decay", "experiments.tiny.flip_p", "train.collapse_real",
-                         "train.collapse_fake", "train.serve_max_latents", "train.threads"}
+    sections = {
+        "datasets.digits": config.DatasetParams,
+        "experiments.tiny": config.ExperimentParams,
+        "train": config.TrainParams,
+        "sample": config.SampleParams,
+        "extractor": config.ExtractorParams,
+        "evaluate": config.EvaluateParams,
+    }
+    numeric = {
+        f"{where}.{f.name}" for where, cls in sections.items() for f in fields(cls) if f.type in ("int", "float")
+    }
+    bounded_both_ways = {
+        "datasets.digits.image_size",
+        "datasets.digits.channels",
+        "datasets.digits.margin",
+        "datasets.digits.test_fraction",
+        "experiments.tiny.beta1",
+        "experiments.tiny.beta2",
+        "experiments.tiny.momentum",
+        "experiments.tiny.real_label",
+        "experiments.tiny.fake_label",
+        "experiments.tiny.lr_decay",
+        "experiments.tiny.flip_p",
+        "train.collapse_real",
+        "train.collapse_fake",
+        "train.serve_max_latents",
+        "train.threads",
+    }
     caps = {"datasets.digits.limit"}  # at most this many images: a huge one means all, nothing is allocated
     assert numeric - bounded_both_ways - caps == {k for k, _ in UPPER_BOUNDS}

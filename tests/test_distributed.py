@@ -3,6 +3,7 @@
 CI has no GPU: the same code paths run here with CPU autocast and the gloo backend, in a real
 `torchrun --nproc_per_node 2` launch.
 """
+
 import os
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from dcganlab.accel import resolve
-from dcganlab.config import ExperimentParams
-from dcganlab.train import build_networks, load_model, train_step
-from dcganlab.variants import VARIANTS
+from dcganlab.core.config import ExperimentParams
+from dcganlab.gan.modelfile import load_model
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.accel import resolve
+from dcganlab.training.step import StepNets, build_networks, train_step
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -33,7 +35,7 @@ def _step_results(amp: str, channels_last: str, compile_: bool, steps: int = 2) 
     scaler = accel.scaler()
     real = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     for _ in range(steps):
-        out = train_step(sG, sD, opt_g, opt_d, e, real, None, 0, accel, scaler)
+        out = train_step(StepNets(sG, sD, opt_g, opt_d, scaler), e, real, None, 0, accel)
     return out
 
 
@@ -51,7 +53,7 @@ def test_auto_is_plain_fp32_on_a_cpu_without_native_bf16():
 
 
 def test_auto_keeps_fp32_for_variants_bf16_hurts(monkeypatch):
-    from dcganlab import accel
+    from dcganlab.training import accel
 
     monkeypatch.setattr(accel, "FP32_VARIANTS", frozenset({"cartoon-128"}))
     assert resolve("auto", "auto", False, torch.device("cpu"), "cartoon-128", native_bf16=True).amp == "off"
@@ -65,7 +67,7 @@ def test_explicit_settings_win_over_auto():
 
 
 def test_native_bf16_check_asks_torch_not_the_cpu_name(monkeypatch):
-    from dcganlab.accel import cpu_has_native_bf16
+    from dcganlab.training.accel import cpu_has_native_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
@@ -90,8 +92,8 @@ def test_compiled_step_matches_eager():
 
 
 def test_training_with_autocast_and_channels_last_writes_a_loadable_model(prepared):
-    from dcganlab import paths
-    from dcganlab.train import train
+    from dcganlab.core import paths
+    from dcganlab.training.loop import train
 
     prepared.train.amp, prepared.train.channels_last = "bf16", "on"
     summary = train(prepared, "tiny", progress=False)
@@ -101,19 +103,37 @@ def test_training_with_autocast_and_channels_last_writes_a_loadable_model(prepar
 
 
 def _torchrun(root: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "dcganlab",
-                           "train", "tiny", "-p", str(root / "params.yaml")],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "dcganlab",
+            "train",
+            "tiny",
+            "-p",
+            str(root / "params.yaml"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_one_run_rank0_outputs_and_resume(prepared):
     import mlflow
 
-    from dcganlab import paths
+    from dcganlab.core import paths
 
     root = prepared.root
     first = _torchrun(root)

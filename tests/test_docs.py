@@ -4,6 +4,7 @@ README.md holds what a newcomer came for; docs/ holds the rest, one topic a page
 and commands get renamed, so every relative link (and its #anchor) and every `dcganlab <cmd>`
 shown in code is checked against the files and against the real `dcganlab --help`.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def shown_commands(path: Path) -> set[str]:
 def help_commands() -> set[str]:
     """The command names the real `dcganlab --help` lists (Rich's boxed panel or Click's plain list)."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    out = subprocess.run([sys.executable, "-m", "dcganlab", "--help"], capture_output=True, text=True,
-                         env=env, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "--help"], capture_output=True, text=True, env=env, check=True, cwd=ROOT
+    ).stdout
     listing = out.split("Commands", 1)[1]
     return set(re.findall(r"^(?:│ |  )([a-z][\w-]*)[ \t]", listing, re.M))
 
@@ -101,13 +103,20 @@ def test_help_lists_every_command_of_the_app():
 
 def test_every_dcganlab_command_shown_exists():
     known = help_commands()
-    bad = [f"{path.relative_to(ROOT)}: dcganlab {name} (not in `dcganlab --help`: {', '.join(sorted(known))})"
-           for path in doc_files() for name in sorted(shown_commands(path) - known)]
+    bad = [
+        f"{path.relative_to(ROOT)}: dcganlab {name} (not in `dcganlab --help`: {', '.join(sorted(known))})"
+        for path in doc_files()
+        for name in sorted(shown_commands(path) - known)
+    ]
     assert not bad, "unknown commands:\n" + "\n".join(bad)
 
 
 def test_readme_shows_the_test_command_that_ci_runs():
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     readme_code = "\n".join(_code((ROOT / "README.md").read_text(encoding="utf-8")))
     assert ci and ci[-1] in readme_code, f".ci/run runs {ci[-1:]}, which README.md's set-up does not show"
 
@@ -118,10 +127,13 @@ def test_the_checks_catch_a_broken_link_a_bad_anchor_and_an_unknown_command(tmp_
     (tmp_path / "README.md").write_text(
         "# X\n\n[ok](docs/a.md#some-topic-here) [gone](docs/missing.md) [bad](docs/a.md#nope) "
         "![img](docs/none.png) [web](https://example.org/x.md) `[not a link](nowhere.md)`\n\n"
-        "```bash\ndcganlab train digits  # real\ndcganlab trian digits\n```\nand `dcganlab evaluat EXP`\n")
+        "```bash\ndcganlab train digits  # real\ndcganlab trian digits\n```\nand `dcganlab evaluat EXP`\n"
+    )
     readme, page = doc_files(tmp_path)
-    assert broken_links(readme) == ["README.md: docs/missing.md (no such file)",
-                                    "README.md: docs/a.md#nope (no heading #nope in a.md)",
-                                    "README.md: docs/none.png (no such file)"]
+    assert broken_links(readme) == [
+        "README.md: docs/missing.md (no such file)",
+        "README.md: docs/a.md#nope (no heading #nope in a.md)",
+        "README.md: docs/none.png (no such file)",
+    ]
     assert broken_links(page) == []
     assert shown_commands(readme) == {"train", "trian", "evaluat"}

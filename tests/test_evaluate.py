@@ -1,4 +1,5 @@
 """extractor, sample, evaluate, report: outputs exist and the metrics measure what they claim."""
+
 import json
 
 import numpy as np
@@ -7,17 +8,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.evaluate import fid_kid_features
-from dcganlab.extractor import DomainNet, load_extractor
-from dcganlab.sample import interpolate
+from dcganlab.core import paths
+from dcganlab.evaluation.extractor import DomainNet, load_extractor
+from dcganlab.evaluation.metrics import fid_kid_features
+from dcganlab.gan.sampling import interpolate
 
 
 @pytest.fixture
 def trained(prepared):
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     data = load_processed(paths.processed_dir(prepared.root, "digits"))
     train_extractor(data, prepared.extractor, prepared.seed, paths.extractor_path(prepared.root, "digits"), "digits")
@@ -32,12 +34,16 @@ def test_extractor_is_a_classifier_on_labeled_digits(trained):
 
 
 def test_unlabeled_data_gets_an_autoencoder(tmp_path):
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import train_extractor
+    from dcganlab.core.config import ExtractorParams
+    from dcganlab.evaluation.extractor import train_extractor
 
     rng = np.random.default_rng(0)
-    data = {"images": rng.integers(0, 256, (30, 3, 16, 16)).astype(np.uint8), "labels": np.full(30, -1),
-            "split": (np.arange(30) % 5 == 0).astype(np.uint8), "stats": {"classes": []}}
+    data = {
+        "images": rng.integers(0, 256, (30, 3, 16, 16)).astype(np.uint8),
+        "labels": np.full(30, -1),
+        "split": (np.arange(30) % 5 == 0).astype(np.uint8),
+        "stats": {"classes": []},
+    }
     info = train_extractor(data, ExtractorParams(epochs=1, batch_size=8, features=8), 0, tmp_path / "x.pt", "faces")
     assert info["kind"] == "autoencoder" and info["test_mse"] > 0
 
@@ -77,26 +83,54 @@ def test_domain_net_reports_num_features_to_torchmetrics():
 
 
 # ---------------------------------------------------------------- the full evaluation record
-SCHEMA_KEYS = {"fid", "kid", "kid_std", "kid_subset_size", "fid_real_floor", "extractor", "n_fake", "n_real",
-               "reference_split", "images_per_s", "train_wall_s", "epochs", "variant", "dataset",
-               "precision", "recall", "pr_k", "precision_real_floor", "recall_real_floor", "diversity_ssim",
-               "diversity_ssim_real", "ssim_pairs", "class_accuracy", "mode_coverage", "linear_probe",
-               "fid_ranked", "inception", "inception_status", "eval_seconds",
-               "density", "coverage", "prdc_k", "density_real_floor", "coverage_real_floor"}
+SCHEMA_KEYS = {
+    "fid",
+    "kid",
+    "kid_std",
+    "kid_subset_size",
+    "fid_real_floor",
+    "extractor",
+    "n_fake",
+    "n_real",
+    "reference_split",
+    "images_per_s",
+    "train_wall_s",
+    "epochs",
+    "variant",
+    "dataset",
+    "precision",
+    "recall",
+    "pr_k",
+    "precision_real_floor",
+    "recall_real_floor",
+    "diversity_ssim",
+    "diversity_ssim_real",
+    "ssim_pairs",
+    "class_accuracy",
+    "mode_coverage",
+    "linear_probe",
+    "fid_ranked",
+    "inception",
+    "inception_status",
+    "eval_seconds",
+    "density",
+    "coverage",
+    "prdc_k",
+    "density_real_floor",
+    "coverage_real_floor",
+}
 
 
 def _mlflow_metrics(root, name):
     import mlflow
 
-    from dcganlab.tracking import run_file
-
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    run_id = json.loads(run_file(paths.state_dir(root, name)).read_text())["run_id"]
+    run_id = json.loads(paths.run_file(paths.state_dir(root, name)).read_text())["run_id"]
     return mlflow.MlflowClient(), run_id
 
 
 def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
-    from dcganlab.evaluate import evaluate
+    from dcganlab.stages.evaluate import run as evaluate
 
     m = evaluate(trained, "tiny")
     assert SCHEMA_KEYS <= set(m)
@@ -118,17 +152,19 @@ def test_evaluate_stores_every_metric_with_how_it_was_computed(trained):
     assert m["eval_seconds"] > 0
     client, run_id = _mlflow_metrics(trained.root, "tiny")
     logged = client.get_run(run_id).data.metrics
-    assert logged["precision"] == m["precision"] and logged["linear_probe_d_features"] == probe["d_features"]
+    assert logged["precision"] == m["precision"] and logged["linear_probe.d_features"] == probe["d_features"]
     assert logged["coverage"] == m["coverage"] and logged["density"] == m["density"]
-    assert logged["mode_coverage_classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
+    assert logged["mode_coverage.classes_covered"] == cov["classes_covered"] and "fid_ranked" in logged
 
 
 def test_conditional_model_gets_per_class_accuracy(prepared):
-    from dcganlab.config import load_params
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
 
     write_params(prepared.root, tiny_params(**{"experiments.tiny.variant": "cgan"}))
     p = load_params(prepared.root / "params.yaml")
@@ -160,7 +196,7 @@ def _random_inception_weights(path, monkeypatch):
 
 
 def test_inception_extractor_loads_a_weights_file_and_feeds_fid(tmp_path, monkeypatch):
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)
     net, status = load_inception("auto", weights, url="")
@@ -174,7 +210,7 @@ def test_inception_extractor_loads_a_weights_file_and_feeds_fid(tmp_path, monkey
 
 
 def test_inception_unavailable_is_reported_not_raised(tmp_path):
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     assert load_inception("off", tmp_path / "w.pth", "") == (None, "unavailable: evaluate.inception is off")
     net, status = load_inception("auto", tmp_path / "w.pth", "http://127.0.0.1:9/w.pth")  # nothing listens
@@ -188,11 +224,12 @@ def test_inception_unavailable_is_reported_not_raised(tmp_path):
 # ---------------------------------------------------------------- quality over training
 def test_quality_stage_writes_one_row_per_saved_epoch(prepared):
     import pandas as pd
-
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 2}))
     p = load_params(prepared.root / "params.yaml")
@@ -222,14 +259,17 @@ def test_quality_without_saved_generators_is_a_user_error(prepared):
 @pytest.fixture
 def logged(prepared):
     """The tiny project trained for 3 epochs with its final generator registered in a private store."""
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
     from conftest import tiny_params, write_params
 
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
+
     uri = f"sqlite:///{prepared.root / 'mlflow.db'}"
-    write_params(prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True,
-                                               "tracking.uri": uri}))
+    write_params(
+        prepared.root, tiny_params(**{"experiments.tiny.epochs": 3, "train.log_model": True, "tracking.uri": uri})
+    )
     p = load_params(prepared.root / "params.yaml")
     data = load_processed(paths.processed_dir(p.root, "digits"))
     train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
@@ -244,7 +284,8 @@ def _outputs(model_uri: str, path, z: np.ndarray) -> tuple:
     """(what the registered model draws, what the generator file draws) for the same latents."""
     import mlflow
 
-    from dcganlab.train import generate, load_model
+    from dcganlab.gan.modelfile import load_model
+    from dcganlab.gan.sampling import generate
 
     G, _, _ = load_model(path)
     return mlflow.pyfunc.load_model(model_uri).predict(z), generate(G, torch.from_numpy(z), None).numpy()
@@ -253,8 +294,9 @@ def _outputs(model_uri: str, path, z: np.ndarray) -> tuple:
 def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(logged):
     import pandas as pd
 
-    from dcganlab.quality import _crown_champion, best_epoch, saved_generators
-    from dcganlab.tracking import EPOCH_TAG
+    from dcganlab.core.tracking import EPOCH_TAG
+    from dcganlab.evaluation.curves import best_epoch
+    from dcganlab.stages.quality import _crown_champion
 
     p, client = logged
     result = CliRunner().invoke(app, ["quality", "tiny", "--params", str(p.root / "params.yaml")])
@@ -263,7 +305,7 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
     crowned = client.get_model_version_by_alias("tiny", "champion")
     assert crowned.tags.get(EPOCH_TAG, "3") == str(best_epoch(table))  # no tag: the final version (epoch 3)
 
-    files = saved_generators(paths.state_dir(p.root, "tiny"))
+    files = paths.saved_epochs(paths.generators_dir(paths.state_dir(p.root, "tiny")))
     assert sorted(files) == [1, 2, 3]
     z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     # the curve says epoch 1 is best: its generator becomes a version with alias champion
@@ -290,12 +332,16 @@ def test_quality_crowns_the_best_epoch_champion_and_keeps_latest_on_the_final(lo
 
 @pytest.mark.parametrize("robust_from, expected", [(0, True), (16, True), (17, False)])
 def test_the_extractor_low_passes_images_from_robust_from_and_records_it(tmp_path, robust_from, expected):
-    from dcganlab.config import ExtractorParams
-    from dcganlab.extractor import load_extractor, train_extractor
+    from dcganlab.core.config import ExtractorParams
+    from dcganlab.evaluation.extractor import load_extractor, train_extractor
 
     rng = np.random.default_rng(0)
-    data = {"images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8), "labels": np.arange(40) % 2,
-            "split": (np.arange(40) % 5 == 0).astype(np.uint8), "stats": {"classes": ["a", "b"]}}
+    data = {
+        "images": rng.integers(0, 256, (40, 1, 16, 16)).astype(np.uint8),
+        "labels": np.arange(40) % 2,
+        "split": (np.arange(40) % 5 == 0).astype(np.uint8),
+        "stats": {"classes": ["a", "b"]},
+    }
     p = ExtractorParams(epochs=1, batch_size=8, features=8, robust_from=robust_from)
     info = train_extractor(data, p, 0, tmp_path / "x.pt", "d")
     net, loaded = load_extractor(tmp_path / "x.pt")

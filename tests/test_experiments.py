@@ -1,6 +1,7 @@
 """DVC experiments with the real `dvc` CLI: paper presets through `dvc exp run $(dcganlab preset
 NAME)`, and the storage contract (every output cached by DVC, or small and committed to git)
 that lets a `--temp` run, `dvc exp apply` and `dvc checkout` restore every output."""
+
 import gzip
 import hashlib
 import json
@@ -12,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, copy_project
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from typer.testing import CliRunner
 
-from conftest import ROOT, copy_project
 from dcganlab.cli import app
-from dcganlab.presets import PRESETS, Preset, overrides
+from dcganlab.gan.presets import PRESETS, Preset, overrides
 
 RUNNING = re.compile(r"^Running stage '([^']+)'", re.M)
 SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping", re.M)
@@ -37,8 +38,9 @@ def test_preset_overrides_read_back_as_the_preset_in_hydra(name):
     preset = PRESETS[name]
     ds, e = preset.entries()
     parsed = _parsed(overrides(name))
-    assert {k.split(".", 2)[2]: v for k, v in parsed.items() if k.startswith(f"datasets.{preset.dataset_name}.")} \
-        == vars(ds)
+    assert {
+        k.split(".", 2)[2]: v for k, v in parsed.items() if k.startswith(f"datasets.{preset.dataset_name}.")
+    } == vars(ds)
     assert {k.split(".", 2)[2]: v for k, v in parsed.items() if k.startswith(f"experiments.{name}.")} == vars(e)
     assert len(parsed) == len(vars(ds)) + len(vars(e))
 
@@ -56,15 +58,25 @@ def test_preset_printed_overrides_survive_shell_word_splitting(tmp_path):
     (an unquoted `$1` expands like `$(...)`; failglob makes a word with a glob character an error)."""
     for name in PRESETS:
         printed = CliRunner().invoke(app, ["preset", name]).output
-        words = subprocess.run(["bash", "-O", "failglob", "-c", 'printf "%s\\n" $1', "_", printed], cwd=tmp_path,
-                               capture_output=True, text=True, check=True).stdout.splitlines()
+        words = subprocess.run(
+            ["bash", "-O", "failglob", "-c", 'printf "%s\\n" $1', "_", printed],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
         assert words == overrides(name), name
 
 
 def test_preset_strings_are_quoted_when_hydra_would_read_another_type(monkeypatch):
     ds = {"source": "folder", "path": "", "image_size": 32, "channels": 1}
-    for path, word in [("", "''"), ("2020", "'2020'"), ("true", "'true'"), ("a:b", "'a:b'"),
-                       ("data/external/anime-2", "data/external/anime-2")]:
+    for path, word in [
+        ("", "''"),
+        ("2020", "'2020'"),
+        ("true", "'true'"),
+        ("a:b", "'a:b'"),
+        ("data/external/anime-2", "data/external/anime-2"),
+    ]:
         monkeypatch.setitem(PRESETS, "p", Preset("test", "d", {**ds, "path": path}))
         words = overrides("p")
         assert f"++datasets.d.path={word}" in words
@@ -84,10 +96,15 @@ def test_preset_dataset_swaps_the_data_and_names_the_experiment_after_both():
     assert not any(k.startswith(("datasets.anime96", "experiments.resnet-exp8.")) for k in parsed)
 
 
-@pytest.mark.parametrize("args, message", [(["nope"], "unknown preset 'nope'"),
-                                           (["cgan-mnist", "--epochs", "0"], "--epochs must be at least 1"),
-                                           (["cgan-mnist", "--dataset", "nope"], "unknown dataset 'nope'"),
-                                           (["cgan-mnist", "--path", "my data"], "cannot pass through $(...)")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "unknown preset 'nope'"),
+        (["cgan-mnist", "--epochs", "0"], "--epochs must be at least 1"),
+        (["cgan-mnist", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["cgan-mnist", "--path", "my data"], "cannot pass through $(...)"),
+    ],
+)
 def test_preset_bad_input_is_one_line_and_nonzero_exit(args, message):
     result = CliRunner().invoke(app, ["preset"] + args)
     assert result.exit_code == 1
@@ -106,14 +123,26 @@ def test_every_output_is_cached_by_dvc_or_small_and_committed():
                 if (flags or {}).get("cache", True) is False:
                     uncached.append(path)
     assert uncached == ["reports/metrics.json"]
-    tracked = subprocess.run(["git", "ls-files", "reports/metrics.json"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "reports/metrics.json"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert tracked == ["reports/metrics.json"] and (ROOT / "reports/metrics.json").stat().st_size < 100_000
 
 
 # ---------------------------------------------------------------- the real dvc CLI
-DVC_OUTPUTS = ["data/raw", "data/processed", "models", "reports/eval", "reports/samples", "reports/quality",
-               "reports/figures", "reports/tiny", "reports/other", "reports/summary.md", "reports/summary.html"]
+DVC_OUTPUTS = [
+    "data/raw",
+    "data/processed",
+    "models",
+    "reports/eval",
+    "reports/samples",
+    "reports/quality",
+    "reports/figures",
+    "reports/tiny",
+    "reports/other",
+    "reports/summary.md",
+    "reports/summary.html",
+]
 
 
 def _md5(path: Path) -> str:
@@ -122,8 +151,15 @@ def _md5(path: Path) -> str:
 
 def _sh(command: str, work: Path, env: dict) -> str:
     """Run a shell command line as a user types it; its stdout and stderr (DVC warns on stderr)."""
-    result = subprocess.run(["bash", "-c", command], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}"
     return result.stdout
 
@@ -153,7 +189,10 @@ def _write_mnist_download(work: Path, n: int = 200) -> None:
     x, y = mnist_data()
     folder = work / "data/downloads/mnist/MNIST/raw"
     folder.mkdir(parents=True)
-    for name, array in [("train-images-idx3-ubyte.gz", x[:n].reshape(-1, 28, 28)), ("train-labels-idx1-ubyte.gz", y[:n])]:
+    for name, array in [
+        ("train-images-idx3-ubyte.gz", x[:n].reshape(-1, 28, 28)),
+        ("train-labels-idx1-ubyte.gz", y[:n]),
+    ]:
         header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
         with gzip.open(folder / name, "wb") as fh:
             fh.write(header + array.astype(np.uint8).tobytes())
@@ -180,14 +219,24 @@ def test_preset_run_adds_its_dataset_and_trains_only_its_experiment(project):
     shrink = " ".join(f"-S experiments.upsample-mnist.{k}" for k in ("ngf=4", "ndf=4", "z_dim=8", "batch_size=32"))
     out = _sh(f"dvc exp run $(dcganlab preset upsample-mnist --epochs 1) {shrink}", work, env)
 
-    new = {"fetch@mnist28", "prepare@mnist28", "extractor@mnist28", "train@upsample-mnist", "sample@upsample-mnist",
-           "evaluate@upsample-mnist", "quality@upsample-mnist", "report"}
+    new = {
+        "fetch@mnist28",
+        "prepare@mnist28",
+        "extractor@mnist28",
+        "train@upsample-mnist",
+        "sample@upsample-mnist",
+        "evaluate@upsample-mnist",
+        "quality@upsample-mnist",
+        "report",
+    }
     assert set(RUNNING.findall(out)) == new
     assert {"train@tiny", "train@other", "evaluate@tiny", "fetch@digits"} <= set(SKIPPED.findall(out))
     # DVC's checkout before an experiment warns once per output of a stage that never ran (dvc.lock has no
     # entry yet); nothing else may warn
     for line in (x for x in out.splitlines() if "WARNING" in x):
-        assert re.search(r"No file hash info found for '.*(mnist28|upsample-mnist).*'\. It won't be created", line), line
+        assert re.search(r"No file hash info found for '.*(mnist28|upsample-mnist).*'\. It won't be created", line), (
+            line
+        )
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["datasets"]["mnist28"]["path"] == "" and params["datasets"]["mnist28"]["source"] == "mnist"
@@ -200,13 +249,30 @@ def test_preset_run_adds_its_dataset_and_trains_only_its_experiment(project):
 @pytest.mark.slow
 def test_temp_experiment_trains_one_more_epoch_and_exp_apply_restores_its_outputs(project):
     work, env = project
-    before = {p: _md5(work / p) for p in ("models/tiny/model.pt", "models/other/model.pt", "reports/eval/tiny.json",
-                                          "models/tiny/train/generators/epoch_0001.pt")}
+    before = {
+        p: _md5(work / p)
+        for p in (
+            "models/tiny/model.pt",
+            "models/other/model.pt",
+            "reports/eval/tiny.json",
+            "models/tiny/train/generators/epoch_0001.pt",
+        )
+    }
     out = _sh("dvc exp run --temp -n longer -S experiments.tiny.epochs=2", work, env)
 
     assert set(RUNNING.findall(out)) == {"train@tiny", "sample@tiny", "evaluate@tiny", "quality@tiny", "report"}
-    assert {"fetch@digits", "prepare@digits", "extractor@digits", "fetch@faces", "prepare@faces", "extractor@faces",
-            "train@other", "sample@other", "evaluate@other", "quality@other"} == set(SKIPPED.findall(out))
+    assert {
+        "fetch@digits",
+        "prepare@digits",
+        "extractor@digits",
+        "fetch@faces",
+        "prepare@faces",
+        "extractor@faces",
+        "train@other",
+        "sample@other",
+        "evaluate@other",
+        "quality@other",
+    } == set(SKIPPED.findall(out))
     assert "WARNING" not in out
     assert "tiny: resuming at end of epoch 1 of 2 epochs" in out  # the cached checkpoint was checked out ...
     assert "tiny epoch 2/2" in out and "tiny epoch 1/2" not in out  # ... so only the new epoch trained
@@ -218,11 +284,20 @@ def test_temp_experiment_trains_one_more_epoch_and_exp_apply_restores_its_output
     assert "WARNING" not in _sh("dvc exp apply longer", work, env)
     assert _md5(work / "models/tiny/model.pt") != before["models/tiny/model.pt"]
     assert _md5(work / "reports/eval/tiny.json") != before["reports/eval/tiny.json"]
-    assert _md5(work / "models/tiny/train/generators/epoch_0001.pt") == before["models/tiny/train/generators/epoch_0001.pt"]
+    assert (
+        _md5(work / "models/tiny/train/generators/epoch_0001.pt")
+        == before["models/tiny/train/generators/epoch_0001.pt"]
+    )
     assert (work / "models/tiny/train/generators/epoch_0002.pt").is_file()
     assert _md5(work / "models/other/model.pt") == before["models/other/model.pt"]
     assert json.loads((work / "reports/metrics.json").read_text())["tiny"]["epochs"] == 2
     assert len((work / "reports/quality/tiny.csv").read_text().splitlines()) == 1 + 2
     assert "up to date" in _sh("dvc status", work, env)
-    assert sorted(_sh("git status --porcelain --untracked-files=all", work, env).split()) == \
-        ["M", "M", "M", "dvc.lock", "params.yaml", "reports/metrics.json"]
+    assert sorted(_sh("git status --porcelain --untracked-files=all", work, env).split()) == [
+        "M",
+        "M",
+        "M",
+        "dvc.lock",
+        "params.yaml",
+        "reports/metrics.json",
+    ]

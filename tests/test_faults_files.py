@@ -6,6 +6,7 @@ emptied, or overwritten with random bytes), runs the real CLI on it and puts the
 answer must be exit code 1 and exactly one stderr line naming the file and what to do, never
 torch's or NumPy's advice to unpickle it (`weights_only=False`, `allow_pickle=True`).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import copy_project, prepare_project, run_cmd
 from typer.testing import CliRunner
 
-from conftest import copy_project, prepare_project, run_cmd
 from dcganlab.cli import app
 
 pytestmark = pytest.mark.slow
@@ -40,8 +41,13 @@ def built(tmp_path_factory) -> Path:
     """A tiny project after every stage but `report` (which only reads): its root."""
     root = tmp_path_factory.mktemp("faults") / "project"
     prepare_project(root)
-    for stage in (["extractor", "digits"], ["train", "tiny"], ["sample", "tiny"], ["evaluate", "tiny"],
-                  ["quality", "tiny"]):
+    for stage in (
+        ["extractor", "digits"],
+        ["train", "tiny"],
+        ["sample", "tiny"],
+        ["evaluate", "tiny"],
+        ["quality", "tiny"],
+    ):
         result = cli(root, *stage)
         assert result.exit_code == 0, result.output
     return root
@@ -88,19 +94,31 @@ def case(rel: str, how: str, command: str, *remedy: str):
 CASES = [
     *[case("models/tiny/train/checkpoint.pt", how, "train tiny", "delete it to retrain from scratch") for how in HOW],
     case("models/tiny/train/checkpoint.pt", "random", "quality tiny", "delete it to retrain from scratch"),
-    case("models/tiny/train/generators/epoch_0001.pt", "truncated", "quality tiny", "delete it",
-         "dvc checkout --force models/tiny/train"),
+    case(
+        "models/tiny/train/generators/epoch_0001.pt",
+        "truncated",
+        "quality tiny",
+        "delete it",
+        "dvc checkout --force models/tiny/train",
+    ),
     *[case("models/tiny/model.pt", how, "sample tiny", "dvc checkout", "dvc repro train@tiny") for how in HOW],
     case("models/tiny/model.pt", "empty", "evaluate tiny", "dvc checkout", "dvc repro train@tiny"),
     case("models/extractors/digits.pt", "random", "evaluate tiny", "dvc checkout", "dvc repro extractor@digits"),
-    *[case("data/processed/digits/images.npy", how, "train tiny", "dvc checkout", "dvc repro prepare@digits")
-      for how in HOW],
+    *[
+        case("data/processed/digits/images.npy", how, "train tiny", "dvc checkout", "dvc repro prepare@digits")
+        for how in HOW
+    ],
     case("data/processed/digits/split.npy", "random", "extractor digits", "dvc repro prepare@digits"),
     case("data/processed/digits/stats.json", "truncated", "train tiny", "dvc repro prepare@digits"),
     case("data/raw/digits/manifest.csv", "empty", "prepare digits", "dvc checkout", "dvc repro fetch@digits"),
     case("data/raw/digits/manifest.csv", "random", "prepare digits", "dvc repro fetch@digits"),
-    case("models/tiny/train/grids/epoch_0001.png", "truncated", "sample tiny", "delete it",
-         "dvc checkout --force models/tiny/train"),
+    case(
+        "models/tiny/train/grids/epoch_0001.png",
+        "truncated",
+        "sample tiny",
+        "delete it",
+        "dvc checkout --force models/tiny/train",
+    ),
     case("reports/eval/tiny.json", "truncated", "report", "dvc checkout", "dvc repro evaluate@tiny"),
     case("reports/quality/tiny.csv", "empty", "report", "dvc repro quality@tiny"),
     case("reports/samples/tiny/figures.json", "random", "report", "dvc repro sample@tiny"),
@@ -126,8 +144,14 @@ def test_the_whole_process_prints_one_line_for_a_truncated_checkpoint(built):
     path = built / "models/tiny/train/checkpoint.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with damaged(path, "truncated"):
-        result = subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny"], cwd=built, capture_output=True,
-                                text=True, env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "dcganlab", "train", "tiny"],
+            cwd=built,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     assert result.returncode == 1
     one_line(result.stderr, "models/tiny/train/checkpoint.pt", "delete it to retrain from scratch")
 
@@ -137,13 +161,22 @@ def test_the_dvc_checkout_the_line_suggests_restores_the_file(dvc_baseline, tmp_
     restores a damaged model, a processed array and a per-epoch generator (a persisted output)."""
     src, env, _ = dvc_baseline
     root = copy_project(src, tmp_path / "project")
-    for rel, command in (("models/tiny/model.pt", "sample tiny"), ("data/processed/digits/images.npy", "train tiny"),
-                         ("models/tiny/train/generators/epoch_0001.pt", "quality tiny")):
+    for rel, command in (
+        ("models/tiny/model.pt", "sample tiny"),
+        ("data/processed/digits/images.npy", "train tiny"),
+        ("models/tiny/train/generators/epoch_0001.pt", "quality tiny"),
+    ):
         path = root / rel
         original = path.read_bytes()
         damage(path, "random")
-        result = subprocess.run([sys.executable, "-m", "dcganlab", *command.split()], cwd=root, env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "dcganlab", *command.split()],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 1
         line = one_line(result.stderr, rel)
         suggested = re.search(r"`(dvc checkout [^`]+)`", line).group(1).split()
@@ -154,7 +187,7 @@ def test_the_dvc_checkout_the_line_suggests_restores_the_file(dvc_baseline, tmp_
 @pytest.mark.parametrize("how", HOW)
 def test_damaged_inception_weights_are_reported_in_the_metrics_not_relayed(tmp_path, how):
     """evaluate carries on without InceptionV3; its status says why and what to do, in our words."""
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
 
     weights = tmp_path / "w.pth"
     torch.save({"w": torch.zeros(64)}, weights)
@@ -167,13 +200,13 @@ def test_damaged_inception_weights_are_reported_in_the_metrics_not_relayed(tmp_p
 @pytest.mark.parametrize("how", HOW)
 def test_damaged_mlflow_model_weights_name_the_file_when_served(built, tmp_path, how):
     """What `mlflow models serve` and pyfunc.load_model call: load_context on the logged weights."""
-    from dcganlab import serving
-    from dcganlab.errors import UserError
-    from dcganlab.train import load_model
+    from dcganlab.core.errors import UserError
+    from dcganlab.gan import serving
+    from dcganlab.gan.modelfile import ModelSpec, load_model, model_blob
 
     G, _, meta = load_model(built / "models/tiny/model.pt")
     weights = tmp_path / "weights.pt"
-    torch.save(serving.generator_blob(G, meta["experiment"], meta["channels"], meta["image_size"], 0), weights)
+    torch.save(model_blob(ModelSpec.of(meta), G), weights)
     model = serving.GeneratorModel()
     model.load_context(SimpleNamespace(artifacts={serving.WEIGHTS: str(weights)}, model_config={}))  # intact: it loads
     damage(weights, how)
@@ -200,15 +233,17 @@ def test_a_full_disk_names_the_output_and_keeps_the_previous_one(built):
         leftover = tmp.is_symlink()
         tmp.unlink(missing_ok=True)
     assert result.exit_code == 1
-    line = one_line(result.stderr, "models/extractors/digits.pt", "No space left on device", "free disk space and rerun")
+    line = one_line(
+        result.stderr, "models/extractors/digits.pt", "No space left on device", "free disk space and rerun"
+    )
     assert "could not write" in line
     assert out.read_bytes() == before and not leftover
 
 
 @needs_dev_full
 def test_a_full_disk_while_building_a_folder_keeps_the_previous_folder(tmp_path):
-    from dcganlab.atomic import atomic_dir
-    from dcganlab.errors import UserError
+    from dcganlab.core.atomic import atomic_dir
+    from dcganlab.core.errors import UserError
 
     folder = tmp_path / "samples"
     folder.mkdir()

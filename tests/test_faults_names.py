@@ -2,6 +2,7 @@
 reach a shell as code, whatever the stage; temp folders of killed stages are removed on the next
 run (never a live writer's); params have upper bounds; an alias bomb or a huge value gives one
 short line; an unreadable subfolder of a folder dataset is listed as ignored."""
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import git_project, prepare_project, tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import git_project, prepare_project, tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import load_params, parse_params
-from dcganlab.errors import ParamsError
+from dcganlab.core.config import load_params, parse_params
+from dcganlab.core.errors import ParamsError
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +32,12 @@ STAGES = ("fetch", "prepare", "extractor", "train", "sample", "evaluate", "quali
 def hostile_names(marks: Path) -> list[str]:
     """Names that run `touch marks/M<i>` if a shell sees them as code, quoted or not; the first
     holds every kind at once (';', '$()', backticks, a space)."""
-    return [f"a;touch {marks}/M1;`touch {marks}/M2`$(touch {marks}/M3) x", f'q";touch {marks}/M4;"',
-            f"s';touch {marks}/M5;'", f"nl\ntouch {marks}/M6"]
+    return [
+        f"a;touch {marks}/M1;`touch {marks}/M2`$(touch {marks}/M3) x",
+        f'q";touch {marks}/M4;"',
+        f"s';touch {marks}/M5;'",
+        f"nl\ntouch {marks}/M6",
+    ]
 
 
 def hostile_params(names: list[str]) -> dict:
@@ -75,8 +80,14 @@ def test_hostile_names_run_nothing_in_any_dvc_stage(tmp_path):
     for name in names:
         stage_deps(work, name)
     targets = [f"{stage}@{names[0]}" for stage in reversed(STAGES)] + [f"train@{n}" for n in names[1:]]
-    result = subprocess.run([*DVC, "repro", "--keep-going", "--single-item", *targets],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*DVC, "repro", "--keep-going", "--single-item", *targets],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = result.stdout + result.stderr
     assert os.listdir(marks) == []  # nothing ran
     assert result.returncode != 0 and "Traceback" not in out
@@ -109,7 +120,11 @@ def test_dvc_stage_gives_the_name_and_a_bad_address_is_one_line(tmp_path, monkey
         assert result.exit_code == 1 and result.output == "error: unknown experiment 'nope' (params.yaml has: tiny)\n"
     monkeypatch.setenv("DVC_STAGE", "fetch@tiny")
     result = CliRunner().invoke(app, ["train", "--dvc-stage", "--params", str(path)])
-    assert result.exit_code == 1 and result.output.count("\n") == 1 and "is 'fetch@tiny', not 'train@<name>'" in result.output
+    assert (
+        result.exit_code == 1
+        and result.output.count("\n") == 1
+        and "is 'fetch@tiny', not 'train@<name>'" in result.output
+    )
     result = CliRunner().invoke(app, ["train", "tiny", "--dvc-stage", "--params", str(path)])
     assert result.exit_code == 1 and "not both" in result.output
 
@@ -159,7 +174,7 @@ def test_a_killed_stage_leaves_a_temp_folder_the_next_run_removes_unless_its_wri
 
 def test_atomic_files_left_by_a_dead_writer_are_removed_not_a_live_ones(tmp_path):
     """The single-file outputs (model.pt, extractor .pt, eval JSON...) are written the same way."""
-    from dcganlab.atomic import write_json
+    from dcganlab.core.atomic import write_json
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -170,7 +185,10 @@ def test_atomic_files_left_by_a_dead_writer_are_removed_not_a_live_ones(tmp_path
         (tmp_path / f".other.tmp{gone.pid}.json").write_text("another file's: not ours to judge here")
         write_json(tmp_path / "model.json", {"a": 1})
         assert sorted(p.name for p in tmp_path.iterdir()) == [
-            f".model.tmp{live.pid}.json", f".other.tmp{gone.pid}.json", "model.json"]
+            f".model.tmp{live.pid}.json",
+            f".other.tmp{gone.pid}.json",
+            "model.json",
+        ]
     finally:
         live.kill()
         live.wait()
@@ -200,9 +218,16 @@ def test_anchors_that_reuse_a_section_still_load(tmp_path):
     assert load_params(tmp_path / "params.yaml").experiments["again"].epochs == 2
 
 
-@pytest.mark.parametrize("key,value", [("experiments.tiny.noise", "n" * 10**6), ("train.device", ["x" * 1000] * 1000),
-                                       ("seed", "9" * 5000), ("experiments.tiny.variant", "line\n" * 1000)],
-                         ids=["1MB-string", "1MB-list", "5000-digit-int", "1000-lines"])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("experiments.tiny.noise", "n" * 10**6),
+        ("train.device", ["x" * 1000] * 1000),
+        ("seed", "9" * 5000),
+        ("experiments.tiny.variant", "line\n" * 1000),
+    ],
+    ids=["1MB-string", "1MB-list", "5000-digit-int", "1000-lines"],
+)
 def test_a_huge_value_is_quoted_short_on_one_line(tmp_path, key, value):
     path = write_params(tmp_path, tiny_params(**{key: value}))
     if key == "seed":  # an int Python will not even read (over 4300 digits)
@@ -214,7 +239,7 @@ def test_a_huge_value_is_quoted_short_on_one_line(tmp_path, key, value):
 
 def test_an_unreadable_subfolder_of_a_folder_dataset_is_listed_as_ignored(tmp_path, monkeypatch):
     """chmod 000, and as root (who reads it anyway) os.walk's listing fails as it would for a user."""
-    from dcganlab.sources import fetch
+    from dcganlab.data.sources import fetch
 
     src = tmp_path / "photos"
     (src / "locked").mkdir(parents=True)
@@ -231,8 +256,9 @@ def test_an_unreadable_subfolder_of_a_folder_dataset_is_listed_as_ignored(tmp_pa
     try:
         if os.geteuid() == 0:
             monkeypatch.setattr(os, "scandir", scandir)
-        ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
-                                         "datasets.digits.path": str(src)})).datasets["digits"]
+        ds = parse_params(
+            tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(src)})
+        ).datasets["digits"]
         manifest = fetch(ds, tmp_path / "raw", tmp_path / "dl")
     finally:
         os.chmod(src / "locked", 0o755)

@@ -2,6 +2,7 @@
 experiment, MLflow runs deleted in the UI, SIGKILL while evaluate or model logging talks to
 MLflow, a tracking server lost mid-training; and the dataset input of every training run.
 Real subprocesses, real signals, the real MLflow client and (for `dvc repro`) the real DVC."""
+
 import json
 import os
 import signal
@@ -14,9 +15,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-
 from conftest import copy_project, prepare_project, tiny_params, train_through_a_lost_tracking_server
-from dcganlab import paths
+
+from dcganlab.core import paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -29,7 +30,7 @@ def stall(*args, **kwargs):
     marker.write_text(str(os.getpid()))
     time.sleep(600)
 if hook == "train_step":
-    import dcganlab.train as t
+    import dcganlab.training.loop as t
     t.train_step = stall
 elif hook == "log_metrics":
     import mlflow
@@ -52,15 +53,24 @@ def _env(**extra) -> dict:
 def _start(root: Path, *args: str, hook: str = "") -> tuple[subprocess.Popen, Path]:
     """`dcganlab <args> -p root/params.yaml` in a subprocess with `hook`; (process, its marker file)."""
     marker = root / f".marker-{hook or 'none'}-{time.monotonic_ns()}"
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *args, "-p", str(root / "params.yaml")],
-                            env=_env(HOOK=hook, MARKER=str(marker)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, *args, "-p", str(root / "params.yaml")],
+        env=_env(HOOK=hook, MARKER=str(marker)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, marker
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUNNER, *args, "-p", str(root / "params.yaml")], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, *args, "-p", str(root / "params.yaml")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _wait_for(marker: Path, proc: subprocess.Popen, seconds: float = 180) -> None:
@@ -91,8 +101,8 @@ def _runs(root: Path) -> list:
 
 
 def _with_extractor(p):
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
 
     data = load_processed(paths.processed_dir(p.root, "digits"))
     train_extractor(data, p.extractor, p.seed, paths.extractor_path(p.root, "digits"), "digits")
@@ -129,7 +139,7 @@ def test_a_second_start_exits_1_naming_the_holder_and_a_killed_holders_lock_is_t
 def test_under_torchrun_rank_0_takes_the_lock_and_a_refusal_stops_every_rank(prepared):
     from test_distributed import _torchrun
 
-    from dcganlab.locks import experiment_lock
+    from dcganlab.core.locks import experiment_lock
 
     with experiment_lock(prepared.root, "tiny", "train"):  # this test process is the holder
         t0 = time.monotonic()
@@ -152,7 +162,8 @@ def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_p
     assert [o["path"] for o in outs] == ["data/processed/digits"]
     inputs = _client(base).get_run(_run_id(work)).inputs.dataset_inputs
     assert [(i.dataset.name, i.dataset.digest, i.dataset.source) for i in inputs] == [
-        ("digits", outs[0]["md5"], json.dumps({"uri": "data/processed/digits"}))]
+        ("digits", outs[0]["md5"], json.dumps({"uri": "data/processed/digits"}))
+    ]
 
     raw = yaml.safe_load((work / "params.yaml").read_text())
     raw["experiments"]["tiny"]["epochs"] = 3  # the train stage changed: repro must rerun it
@@ -160,8 +171,14 @@ def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_p
     direct, marker = _start(work, "train", "tiny", hook="train_step")
     try:
         _wait_for(marker, direct)
-        repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "train@tiny"], cwd=work,
-                               env=_env(PATH=env["PATH"]), capture_output=True, text=True, timeout=300)
+        repro = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "train@tiny"],
+            cwd=work,
+            env=_env(PATH=env["PATH"]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert repro.returncode != 0, repro.stdout
         assert f"tiny is in use by `dcganlab train` (PID {direct.pid} on host" in repro.stdout + repro.stderr
     finally:
@@ -170,10 +187,10 @@ def test_a_dcganlab_train_beside_dvc_repro_refuses_the_repro(dvc_baseline, tmp_p
 
 # ---------------------------------------------------------------- item 4: runs deleted in the UI
 def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evaluate(tmp_path, capsys):
-    from dcganlab.config import load_params
-    from dcganlab.evaluate import evaluate
-    from dcganlab.resilience import image_steps
-    from dcganlab.train import train
+    from dcganlab.core.config import load_params
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
+    from dcganlab.training.resilience import image_steps
 
     p = _with_extractor(prepare_project(tmp_path))
     train(p, "tiny", progress=False)
@@ -199,7 +216,8 @@ def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evalu
     client.delete_run(new)
     evaluate(p, "tiny")
     assert f"tiny: MLflow run {new} was deleted; logging to a new run tagged replaces_deleted_run={new}\n" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     evaluate(p, "tiny")
     assert "was deleted" not in capsys.readouterr().err
     live = _runs(tmp_path)
@@ -210,8 +228,8 @@ def test_a_run_deleted_in_the_ui_is_continued_in_a_new_run_by_train_and_by_evalu
 
 # ---------------------------------------------------------------- item 6: state a fault left behind
 def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_dataset_once(tmp_path, monkeypatch):
-    from dcganlab.resilience import image_steps
-    from dcganlab.tracking import dvc_dir_md5
+    from dcganlab.core.tracking import dvc_dir_md5
+    from dcganlab.training.resilience import image_steps
 
     def grid_on_disk():  # the epoch's grid was saved before its logging failed
         assert (paths.state_dir(tmp_path, "tiny") / "grids" / "epoch_0002.png").is_file()
@@ -224,13 +242,14 @@ def test_resume_after_a_lost_tracking_server_backfills_grids_and_logs_the_datase
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss_d")) == [1, 2, 3]
     inputs = client.get_run(run_id).inputs.dataset_inputs  # logged by the first start only
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [
-        ("digits", dvc_dir_md5(paths.processed_dir(tmp_path, "digits")))]
+        ("digits", dvc_dir_md5(paths.processed_dir(tmp_path, "digits")))
+    ]
     assert [t.value for t in inputs[0].tags if t.key == "mlflow.data.context"] == ["training"]
 
 
 @pytest.mark.slow
 def test_sigkill_in_evaluates_mlflow_phase_leaves_no_running_run_after_the_next_start(tmp_path):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     p = _with_extractor(prepare_project(tmp_path))
     train(p, "tiny", progress=False)

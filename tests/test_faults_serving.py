@@ -5,6 +5,7 @@ The generator has the digits' real latent size (z_dim 100), so the 200,000-laten
 the issue's 413 MB body. A thread samples the server's process tree (psutil) during the big
 requests; 1 GiB over idle it kills the server, so a regression fails fast instead of eating the
 machine (the issue saw 6 GB)."""
+
 import http.client
 import json
 import os
@@ -18,14 +19,13 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-
 from conftest import TINY_EXPERIMENT, free_port, prepare_project, stop_group, tiny_params, wait_http
 from test_mlflow_models import _env, _post, _run_id, _uri
 
 pytestmark = pytest.mark.slow
 
 Z_DIM, CAP = 100, 256  # the digits' latent size; train.serve_max_latents' default
-MIB = 1024 ** 2
+MIB = 1024**2
 # While refusing, the server holds at most the gate's byte limit (1.7 MB here) and its parse: its
 # tree (the `mlflow models serve` CLI and the uvicorn worker, ~1 GB idle) may grow by GROWTH at
 # most, and stay under PEAK in all (the issue's 200k request: > 6 GB, killed).
@@ -40,15 +40,36 @@ def served(tmp_path_factory):
     raw = tiny_params(**{"train.log_model": True, "tracking.uri": _uri(root)})
     raw["experiments"] = {"cz": {**TINY_EXPERIMENT, "variant": "cgan", "z_dim": Z_DIM}}
     p = prepare_project(root, raw)
-    result = subprocess.run([sys.executable, "-m", "dcganlab", "train", "-p", str(root / "params.yaml")], cwd=root,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "-p", str(root / "params.yaml")],
+        cwd=root,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     port, log = free_port(), open(root / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{_run_id(root, 'cz')}/generator",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=root, env=_env(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{_run_id(root, 'cz')}/generator",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=root,
+        env=_env(root),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, root / "serve.log")
         yield p.root, port, proc
@@ -104,6 +125,7 @@ def _big_body(n: int) -> tuple[int, object]:
         for start in range(0, n, 2000):
             yield (b", " if start else b"") + b", ".join(rows[i % 16] for i in range(start, min(n, start + 2000)))
         yield tail
+
     return len(head) + sum(len(rows[i % 16]) for i in range(n)) + 2 * (n - 1) + len(tail), chunks()
 
 
@@ -193,8 +215,12 @@ def test_labels_must_be_integers_in_range_in_every_json_format(served, labels):
     _, port, _ = served
     z = np.zeros((2, Z_DIM), np.float32).tolist()
     records = [{"z": row, "labels": y} for row, y in zip(z, labels)]
-    for payload in ({"inputs": {"z": z, "labels": labels}}, {"instances": records}, {"dataframe_records": records},
-                    {"dataframe_split": {"columns": ["z", "labels"], "data": [[row, y] for row, y in zip(z, labels)]}}):
+    for payload in (
+        {"inputs": {"z": z, "labels": labels}},
+        {"instances": records},
+        {"dataframe_records": records},
+        {"dataframe_split": {"columns": ["z", "labels"], "data": [[row, y] for row, y in zip(z, labels)]}},
+    ):
         status, body = _post(f"http://127.0.0.1:{port}/invocations", payload)
         assert status == 400, (next(iter(payload)), body)
         assert "'labels' must be integers in 0..9: got " in body["message"], body
@@ -204,8 +230,12 @@ def test_good_requests_pass_the_gate_in_every_json_format(served):
     _, port, _ = served
     z = np.random.default_rng(6).standard_normal((2, Z_DIM)).tolist()
     records = [{"z": row, "labels": y} for row, y in zip(z, [0, 9])]
-    for payload in ({"inputs": {"z": z, "labels": [0, 9]}}, {"instances": records}, {"dataframe_records": records},
-                    {"dataframe_split": {"columns": ["z", "labels"], "data": [[z[0], 0], [z[1], 9]]}}):
+    for payload in (
+        {"inputs": {"z": z, "labels": [0, 9]}},
+        {"instances": records},
+        {"dataframe_records": records},
+        {"dataframe_split": {"columns": ["z", "labels"], "data": [[z[0], 0], [z[1], 9]]}},
+    ):
         status, body = _post(f"http://127.0.0.1:{port}/invocations", payload)
         assert status == 200 and np.asarray(body["predictions"]).shape == (2, 1, 16, 16), (next(iter(payload)), body)
 
@@ -228,7 +258,10 @@ def test_pyfunc_caps_and_checks_its_input_for_python_callers(served):
     z, labels = np.zeros((CAP + 1, Z_DIM), np.float32), np.ones(CAP + 1, np.int64)
     with pytest.raises(ValueError, match=f"at most {CAP} images") as refused:
         model.predict({"z": z, "labels": labels})
-    assert isinstance(refused.value, mlflow.exceptions.MlflowException) and refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert (
+        isinstance(refused.value, mlflow.exceptions.MlflowException)
+        and refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    )
     assert model.predict({"z": z[:CAP], "labels": labels[:CAP]}).shape == (CAP, 1, 16, 16)
     z[0, 3] = np.nan
     with pytest.raises(ValueError, match="finite"):

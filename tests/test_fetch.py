@@ -1,4 +1,5 @@
 """fetch: each source lands in data/raw/<dataset>/ as images/ + manifest.csv."""
+
 import gzip
 import hashlib
 import pickle
@@ -8,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
 from dcganlab.cli import app
-from dcganlab.config import parse_params
-from dcganlab.errors import UserError
-from dcganlab.sources import fetch
+from dcganlab.core.config import parse_params
+from dcganlab.core.errors import UserError
+from dcganlab.data.sources import fetch
 
 
 def _dataset(**overrides):
@@ -65,10 +66,13 @@ def test_folder_source_is_recursive_and_skips_hidden_and_outside_links(tmp_path)
     assert sorted(m["source"]) == ["a.PNG", "nested/deeper/b.jpg"]
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: None, "folder not found"),
-    (lambda p: p.mkdir(), "no image files"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "folder not found"),
+        (lambda p: p.mkdir(), "no image files"),
+    ],
+)
 def test_folder_source_bad_folder_is_a_clear_error(tmp_path, make, message):
     src = tmp_path / "photos"
     make(src)
@@ -107,43 +111,59 @@ def _idx_folder(folder, n=5):
 
 
 def _no_download(monkeypatch):
-    import dcganlab.sources as sources
+    import dcganlab.data.sources as sources
 
     def refuse(*args, **kwargs):
         raise AssertionError("downloaded although datasets.<name>.path is set")
+
     monkeypatch.setattr(sources, "_download", refuse)
 
 
 def test_path_reads_the_users_official_files_checks_them_and_never_downloads(tmp_path, monkeypatch):
-    import dcganlab.sources as sources
+    import dcganlab.data.sources as sources
 
     _no_download(monkeypatch)
     folder = _idx_folder(tmp_path / "mine")
-    official = {name: sources.content_md5(folder / f"{name}.gz") for name in
-                ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")}
+    official = {
+        name: sources.content_md5(folder / f"{name}.gz")
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    }
     monkeypatch.setitem(sources.OFFICIAL_MD5, "fashion-mnist", official)  # these files play the official ones
     out = tmp_path / "raw"
     fetch(_dataset(source="fashion-mnist", path=str(folder)), out, tmp_path / "dl")
     _check_manifest(out, 5)
     assert not (tmp_path / "dl").exists()
     # the same content uncompressed (a repackaged copy) passes the same check
-    (folder / "train-images-idx3-ubyte").write_bytes(gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes()))
+    (folder / "train-images-idx3-ubyte").write_bytes(
+        gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes())
+    )
     (folder / "train-images-idx3-ubyte.gz").unlink()
     fetch(_dataset(source="fashion-mnist", path=str(folder)), tmp_path / "raw2", tmp_path / "dl")
     _check_manifest(tmp_path / "raw2", 5)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("other", r"^.*train-images-idx3-ubyte.gz: not the official fashion-mnist file \(content md5 [0-9a-f]{32}, "
-              r"official f4a8712d7a061bf5bd6d2ca38dc4d50a\)$"),
-    ("empty", r"^fashion-mnist \(train\): the official files are not under .*empty \(nothing is downloaded"),
-    ("missing", r"^folder not found: .*missing$"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "other",
+            r"^.*train-images-idx3-ubyte.gz: not the official fashion-mnist file \(content md5 [0-9a-f]{32}, "
+            r"official f4a8712d7a061bf5bd6d2ca38dc4d50a\)$",
+        ),
+        ("empty", r"^fashion-mnist \(train\): the official files are not under .*empty \(nothing is downloaded"),
+        ("missing", r"^folder not found: .*missing$"),
+    ],
+)
 def test_path_with_wrong_or_no_files_is_one_line_and_downloads_nothing(tmp_path, monkeypatch, case, message):
     _no_download(monkeypatch)
-    folder = {"other": lambda: _idx_folder(tmp_path / "other"), "missing": lambda: tmp_path / "missing",
-              "empty": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty"}[case]()
-    write_params(tmp_path, tiny_params(**{"datasets.digits.source": "fashion-mnist", "datasets.digits.path": str(folder)}))
+    folder = {
+        "other": lambda: _idx_folder(tmp_path / "other"),
+        "missing": lambda: tmp_path / "missing",
+        "empty": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
+    }[case]()
+    write_params(
+        tmp_path, tiny_params(**{"datasets.digits.source": "fashion-mnist", "datasets.digits.path": str(folder)})
+    )
     result = CliRunner().invoke(app, ["fetch", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert re.match(message, result.output.removeprefix("error: ").strip()), result.output
@@ -154,7 +174,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed here")
 def test_debians_fashion_mnist_package_is_the_official_content():
-    from dcganlab.sources import OFFICIAL_MD5, content_md5, verify_official
+    from dcganlab.data.sources import OFFICIAL_MD5, content_md5, verify_official
 
     verify_official("fashion-mnist", DEBIAN)  # its .gz files differ from the official .gz bytes, not in content
     assert {p.name.removesuffix(".gz") for p in DEBIAN.glob("*-ubyte.gz")} == set(OFFICIAL_MD5["fashion-mnist"])

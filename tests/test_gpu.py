@@ -3,6 +3,7 @@
 run everywhere, so CI guards the GPU code path without a GPU: the one-line error for a missing
 GPU, `auto`'s choices for a faked CUDA capability, and the fp16 loss scale in checkpoints.
 """
+
 import json
 import os
 import subprocess
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import free_port, prepare_project, stop_group, tiny_params, wait_http
-from dcganlab import distributed, paths
-from dcganlab.accel import resolve
-from dcganlab.resilience import GracefulStop
-from dcganlab.train import Trainer, load_model, pick_device, train, train_step
-from dcganlab.variants import VARIANTS
+
+from dcganlab.core import paths
+from dcganlab.gan.modelfile import load_model
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training import distributed
+from dcganlab.training.accel import resolve
+from dcganlab.training.loop import Trainer, train
+from dcganlab.training.resilience import GracefulStop
+from dcganlab.training.step import StepNets, pick_device, train_step
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh runs these)")]
@@ -32,7 +36,7 @@ def _set_up(p, name: str = "tiny") -> Trainer:
 
 
 def _reload(p):
-    from dcganlab.config import load_params
+    from dcganlab.core.config import load_params
 
     return load_params(p.root / "params.yaml")
 
@@ -55,8 +59,14 @@ def test_device_cuda_without_a_gpu_is_a_one_line_error(prepared):
     _set_params(root, **{"train.device": "cuda"})
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine that has one
     env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(root / "params.yaml")],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(root / "params.yaml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert r.stderr.strip() == "error: train.device is 'cuda' but no CUDA device is available"
     assert not paths.model_path(root, "tiny").exists()
@@ -88,18 +98,25 @@ def test_fp16_loss_scale_is_saved_in_the_checkpoint_and_resumed(tmp_path, device
     ckpt["scaler"]["scale"] = 1024.0  # a scale no fresh scaler has
     torch.save(ckpt, ckpt_path)
     run = _set_up(_reload(p))
-    assert run.st.resumed and run.nets.scaler.is_enabled()
+    assert run.position.resumed and run.nets.scaler.is_enabled()
     assert run.nets.scaler.get_scale() == 1024.0
     del ckpt["scaler"]  # a checkpoint from before the scaler was saved
     torch.save(ckpt, ckpt_path)
     run = _set_up(_reload(p))
-    assert run.st.resumed and run.nets.scaler.get_scale() == 65536.0
+    assert run.position.resumed and run.nets.scaler.get_scale() == 65536.0
 
 
-@pytest.mark.parametrize("name,half,fp32", [("NVIDIA H100 80GB HBM3", 989.4, 66.9), ("NVIDIA H100 PCIe", 756.0, 51.2),
-                                            ("NVIDIA H200", 989.4, 66.9), ("NVIDIA A100-SXM4-40GB", 312.0, 19.5)])
+@pytest.mark.parametrize(
+    "name,half,fp32",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4, 66.9),
+        ("NVIDIA H100 PCIe", 756.0, 51.2),
+        ("NVIDIA H200", 989.4, 66.9),
+        ("NVIDIA A100-SXM4-40GB", 312.0, 19.5),
+    ],
+)
 def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, half, fp32):
-    from dcganlab.bench_gpu import peak_tflops
+    from dcganlab.bench.gpu import peak_tflops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
     peaks = peak_tflops("cuda")
@@ -108,7 +125,7 @@ def test_the_gpu_peak_is_the_named_parts_datasheet_figure(monkeypatch, name, hal
 
 
 def test_an_unknown_gpu_has_no_peak_and_says_so(monkeypatch):
-    from dcganlab.bench_gpu import peak_tflops
+    from dcganlab.bench.gpu import peak_tflops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Imaginary GPU 9000")
     peaks = peak_tflops("cuda:0")
@@ -121,9 +138,9 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
     not a measurement): every precision setting's rate and MFU, and the classic-loop comparison."""
     from dataclasses import asdict, replace
 
-    from dcganlab.bench import GPU
-    from dcganlab.bench_classic import Setting
-    from dcganlab.bench_gpu import PRECISIONS, bench_gpu, table
+    from dcganlab.bench.bench import GPU
+    from dcganlab.bench.classic import Setting
+    from dcganlab.bench.gpu import PRECISIONS, bench_gpu, table
 
     s = replace(GPU, warmup=1, steps=1, repeats=1, process_images=64)
     few = {"half+channels_last": PRECISIONS["half+channels_last"]}  # one: each is a process; compiling takes minutes
@@ -139,7 +156,9 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
         assert (m["amp"], m["channels_last"], m["compile"]) == ("bf16", True, False)
         assert m["images_per_s"] > 0 and m["flops_per_image"] > 0 and 0 < m["mfu"] < 1
         assert m["mfu_against"].startswith("bf16 peak: ")
-    assert r["train"]["classic-setting"]["bf16+channels_last"]["channels"] == 3 and r["reference"]["setting"] == asdict(small)
+    assert r["train"]["classic-setting"]["bf16+channels_last"]["channels"] == 3 and r["reference"]["setting"] == asdict(
+        small
+    )
     assert r["reference"]["images_per_s"] > 0 and r["speedup_vs_classic"] > 0 and 0 < r["reference"]["mfu"] < 1
     lines = table(r).splitlines()  # what `dcganlab bench --gpu` prints
     assert lines[0].startswith("device cpu") and len(lines) == 1 + 2 + 2 and "vs classic" in lines[-1]
@@ -149,16 +168,20 @@ def test_bench_gpu_measures_each_precision_and_the_classic_loop(prepared, tmp_pa
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--bogus"], "error: unknown option '--bogus' (see --help)"),
-    (["--out"], "error: --out needs a value (see --help)"),
-    (["--wheels", "/no/such/folder"], "error: --wheels: no folder at /no/such/folder"),
-    (["--epochs", "0"], "error: --epochs must be a positive integer, not '0'"),
-    (["--python", "no-such-python3"], "error: --python: no interpreter 'no-such-python3'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--bogus"], "error: unknown option '--bogus' (see --help)"),
+        (["--out"], "error: --out needs a value (see --help)"),
+        (["--wheels", "/no/such/folder"], "error: --wheels: no folder at /no/such/folder"),
+        (["--epochs", "0"], "error: --epochs must be a positive integer, not '0'"),
+        (["--python", "no-such-python3"], "error: --python: no interpreter 'no-such-python3'"),
+    ],
+)
 def test_gpu_check_rejects_bad_options_in_one_line(tmp_path, args, message):
-    r = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=30
+    )
     assert (r.returncode, r.stderr.strip(), r.stdout) == (2, message, "")
     assert not (tmp_path / "out").exists()
 
@@ -171,7 +194,7 @@ def test_gpu_check_help_names_every_option():
 
 
 def test_gpu_check_judges_quality_by_the_reports_noise_rule():
-    from dcganlab.gpu_check import quality
+    from dcganlab.bench.gpu_check import quality
 
     cpu = {"epochs": 30, "fid": 5.9, "kid": 0.069, "kid_std": 0.056}
     close = quality({"epochs": 30, "fid": 6.4, "kid": 0.09, "kid_std": 0.05}, cpu)
@@ -190,14 +213,23 @@ def test_gpu_check_cpu_only_runs_its_steps_and_skips_the_gpu_ones(tmp_path):
     if not (venv / "bin" / "python").is_file():
         pytest.skip("not running from a venv")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on a GPU machine too: this checks the CPU-only path
-    r = subprocess.run(["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--cpu-only", "--venv", str(venv), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     status = {s["name"]: s["status"] for s in result["steps"]}
-    assert status == {"install": "passed", "tests marked gpu": "passed", "bench --gpu": "skipped",
-                      "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
-                      "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
+    assert status == {
+        "install": "passed",
+        "tests marked gpu": "passed",
+        "bench --gpu": "skipped",
+        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
+        "torchrun --nproc_per_node 2 (NCCL)": "skipped",
+    }
     assert result["passed"] and result["environment"]["cuda_available"] is False
     tests = result["tests"]
     assert tests["tests"] >= 10 and tests["skipped"] == tests["tests"]  # selected by -m gpu, skipped without CUDA
@@ -220,7 +252,7 @@ def test_a_cuda_training_step_for_every_variant(variant):
     real = torch.rand(6, c, size, size, device="cuda") * 2 - 1
     labels = torch.randint(k, (6,), device="cuda") if k else None
     scaler = accel.scaler()
-    out = train_step(G, D, opt_g, opt_d, e, real, labels, k, accel, scaler if scaler.is_enabled() else None)
+    out = train_step(StepNets(G, D, opt_g, opt_d, scaler), e, real, labels, k, accel)
     assert out.device.type == "cuda" and torch.isfinite(out).all()
     skipped = scaler.is_enabled() and scaler.get_scale() < 65536.0  # fp16: an overflowing first step is skipped
     assert skipped or any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
@@ -289,8 +321,8 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, capsys, first, then)
 def test_inception_extractor_on_the_gpu_gives_the_cpus_features(tmp_path, monkeypatch):
     from test_evaluate import _random_inception_weights
 
-    from dcganlab.evaluate import fid_kid_features
-    from dcganlab.inception import load_inception
+    from dcganlab.evaluation.inception import load_inception
+    from dcganlab.evaluation.metrics import fid_kid_features
 
     _exact_fp32(monkeypatch)
     weights = _random_inception_weights(tmp_path / "w.pth", monkeypatch)  # torch-fidelity's file format
@@ -311,8 +343,8 @@ def test_fid_on_gpu_features_matches_the_cpus(digit_features, monkeypatch):
     """The domain extractor on the GPU: the same FID/KID as on the CPU, within float tolerance."""
     import copy
 
-    from dcganlab.evaluate import fid_kid_features
-    from dcganlab.extractor import embed
+    from dcganlab.evaluation.extractor import embed
+    from dcganlab.evaluation.metrics import fid_kid_features
 
     _exact_fp32(monkeypatch)
     net = digit_features.net
@@ -332,17 +364,40 @@ def test_a_generator_trained_on_the_gpu_is_served_on_a_machine_without_one(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p = prepare_project(tmp_path, tiny_params(**{"train.device": "cuda", "train.log_model": True, "tracking.uri": uri}))
-    trained = subprocess.run([sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(p.root / "params.yaml")],
-                             cwd=p.root, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True,
-                             text=True, timeout=300)
+    trained = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "tiny", "-p", str(p.root / "params.yaml")],
+        cwd=p.root,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((paths.report_dir(p.root, "tiny") / "train.json").read_text())["device"].startswith("cuda")
     port, log = free_port(), open(p.root / "serve.log", "w")
     env = {**_env(p.root), "CUDA_VISIBLE_DEVICES": ""}  # the serving machine has no GPU
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",  # its script may be in a base venv
-                             f"runs:/{_run_id(p.root, 'tiny')}/generator", "--env-manager", "local", "-p", str(port),
-                             "-h", "127.0.0.1"], cwd=p.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",  # its script may be in a base venv
+            f"runs:/{_run_id(p.root, 'tiny')}/generator",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=p.root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, p.root / "serve.log")
         z = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
@@ -372,13 +427,21 @@ def test_gpu_check_fails_when_nvidia_smi_lists_a_gpu_that_torch_cannot_see(tmp_p
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
     smi.chmod(0o755)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", str(SCRIPT), "--venv", str(venv), "--out", str(tmp_path / "out")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "--venv", str(venv), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sees no CUDA device" in r.stdout + r.stderr
     result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     status = {s["name"]: s["status"] for s in result["steps"]}
     assert status["install"] == "failed" and not result["passed"]
     assert {name: st for name, st in status.items() if name != "install"} == {
-        "tests marked gpu": "skipped", "bench --gpu": "skipped",
-        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped", "torchrun --nproc_per_node 2 (NCCL)": "skipped"}
+        "tests marked gpu": "skipped",
+        "bench --gpu": "skipped",
+        "train digits-dcgan on the GPU, quality vs the CPU run": "skipped",
+        "torchrun --nproc_per_node 2 (NCCL)": "skipped",
+    }

@@ -5,6 +5,7 @@ produced arrays) or skipped with its reason; stats count every category; nothing
 links out of the folder are not followed; workers=1 and workers=2 give identical arrays.
 The folder is built by tests/hostile.py.
 """
+
 import json
 import time
 from collections import Counter
@@ -13,18 +14,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_params
+from hostile import EXPECTED, GRADIENT16, astronaut, build_hostile
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params
 from dcganlab.cli import app
-from dcganlab.config import parse_params
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings, detect_largest_face
-from dcganlab.images import load_rgb
-from dcganlab.prepare import prepare
-from dcganlab.sources import fetch
-from hostile import EXPECTED, GRADIENT16, astronaut, build_hostile
+from dcganlab.core.config import parse_params
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings, detect_largest_face
+from dcganlab.data.images import load_rgb
+from dcganlab.data.prepare import prepare
+from dcganlab.data.sources import fetch
 
 DETECT, PLAIN = 0, 1
 IGNORED = {k for k, v in EXPECTED.items() if v[0] == "ignored"}
@@ -36,8 +37,11 @@ def hostile(tmp_path_factory):
 
 
 def _fetch_prepare(hostile, out_root, detect, workers=1, size=48):
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(hostile),
-                                     "datasets.digits.limit": 0})).datasets["digits"]
+    ds = parse_params(
+        tiny_params(
+            **{"datasets.digits.source": "folder", "datasets.digits.path": str(hostile), "datasets.digits.limit": 0}
+        )
+    ).datasets["digits"]
     raw = out_root / "raw"
     if not raw.exists():
         fetch(ds, raw, out_root / "dl")
@@ -45,7 +49,8 @@ def _fetch_prepare(hostile, out_root, detect, workers=1, size=48):
     s = CropSettings(image_size=size, channels=3, detect_faces=detect)
     stats = prepare(raw, out, s, test_fraction=0.0, workers=workers)
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False).merge(
-        pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)[["file", "source"]], on="file")
+        pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)[["file", "source"]], on="file"
+    )
     return stats, rows, np.load(out / "images.npy"), out
 
 
@@ -159,8 +164,9 @@ def test_faces_command_on_the_hostile_folder(hostile, tmp_path):
     assert crops["astronaut.jpg"] == "astronaut.jpg.png" and crops["astronaut.bmp"] == "astronaut.bmp.png"
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == len(kept) and sum(stats["ignored"].values()) == len(IGNORED)
-    assert stats["discarded"] == dict(Counter(v[DETECT] for k, v in EXPECTED.items()
-                                              if v[DETECT] not in ("kept", "ignored")))
+    assert stats["discarded"] == dict(
+        Counter(v[DETECT] for k, v in EXPECTED.items() if v[DETECT] not in ("kept", "ignored"))
+    )
     assert not [p for p in out.rglob(".*") if "tmp" in p.name]
     assert not (out / "link out.png").exists()  # the outside file was never read
 
@@ -180,8 +186,9 @@ def test_nothing_usable_leaves_no_output(tmp_path):
     src.mkdir()
     (src / "a.png").write_bytes(b"")
     (src / "b.jpg").write_text("text")
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
-                                     "datasets.digits.path": str(src)})).datasets["digits"]
+    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(src)})).datasets[
+        "digits"
+    ]
     fetch(ds, tmp_path / "raw", tmp_path / "dl")
     with pytest.raises(UserError, match=r"none of 2 images could be used \({'empty': 1, 'not_an_image': 1}\)"):
         prepare(tmp_path / "raw", tmp_path / "out", CropSettings(detect_faces=False))
@@ -198,7 +205,7 @@ class _DiesWhenUnpickled:
 
 
 def test_a_worker_that_dies_is_a_clear_error_not_a_hang(hostile):
-    from dcganlab.prepare import process_all
+    from dcganlab.data.prepare import process_all
 
     with pytest.raises(UserError, match="a worker process died"):
         process_all([hostile / "astronaut.jpg"] * 4, _DiesWhenUnpickled(), workers=2)
@@ -209,7 +216,7 @@ def test_16_bit_colour_turns_like_pillow(tmp_path, orientation):
     """The OpenCV path for 16-bit colour applies EXIF orientation itself: same as Pillow's."""
     from PIL import ImageOps
 
-    from dcganlab.images import _UPRIGHT
+    from dcganlab.data.images import _UPRIGHT
 
     pixels = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     exif = Image.Exif()
@@ -253,7 +260,7 @@ def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monke
     """No read permission, or gone since the scan (root ignores chmod, so the copy is made to fail)."""
     import shutil
 
-    from dcganlab import sources
+    from dcganlab.data import sources
 
     src = tmp_path / "photos"
     src.mkdir()
@@ -267,10 +274,13 @@ def test_a_file_that_cannot_be_copied_is_ignored_with_its_reason(tmp_path, monke
         return real_copy(a, b)
 
     monkeypatch.setattr(sources.shutil, "copyfile", copy)
-    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder",
-                                     "datasets.digits.path": str(src)})).datasets["digits"]
+    ds = parse_params(tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": str(src)})).datasets[
+        "digits"
+    ]
     manifest = fetch(ds, tmp_path / "raw", tmp_path / "dl")
-    assert list(manifest["source"]) == ["a.png", "c.png"] and list(manifest["file"]) == ["images/000000.png",
-                                                                                         "images/000001.png"]
+    assert list(manifest["source"]) == ["a.png", "c.png"] and list(manifest["file"]) == [
+        "images/000000.png",
+        "images/000001.png",
+    ]
     ignored = pd.read_csv(tmp_path / "raw/ignored.csv")
     assert ignored.values.tolist() == [["b.png", "cannot be read (PermissionError)"]]

@@ -1,13 +1,21 @@
 """The metrics measure what they claim, on real digits and toys (no numbers from a run)."""
+
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from dcganlab.evaluate import fid_kid
-from dcganlab.extractor import embed, predict_classes
-from dcganlab.metrics import (class_histogram, density_coverage, linear_probe, mean_pairwise_ssim, mode_coverage,
-                              per_class_accuracy, precision_recall)
+from dcganlab.evaluation.extractor import embed, predict_classes
+from dcganlab.evaluation.metrics import (
+    class_histogram,
+    density_coverage,
+    linear_probe,
+    mean_pairwise_ssim,
+    mode_coverage,
+    per_class_accuracy,
+    precision_recall,
+)
+from dcganlab.evaluation.reference import fid_kid
 
 
 def _fid(d, real, other):
@@ -32,8 +40,9 @@ def test_fid_rises_monotonically_with_gaussian_noise(digit_features):
 
 def test_fid_rises_monotonically_with_blur(digit_features):
     d = digit_features
-    fids = [_fid(d, d.a, d.b)] + [_fid(d, d.a, gaussian_blur(d.b, [k, k], [s, s]))
-                                  for k, s in ((3, 0.5), (3, 0.8), (5, 1.2), (7, 2.5))]
+    fids = [_fid(d, d.a, d.b)] + [
+        _fid(d, d.a, gaussian_blur(d.b, [k, k], [s, s])) for k, s in ((3, 0.5), (3, 0.8), (5, 1.2), (7, 2.5))
+    ]
     assert all(x < y for x, y in zip(fids, fids[1:])), fids
 
 
@@ -67,14 +76,20 @@ def test_precision_recall_near_one_for_real_vs_real_and_fall_when_half_the_modes
     # fake covers only digits 0-4: recall falls (half the real manifold is missed), precision stays.
     # Compared with a random half of the same size, so the smaller set itself is not the cause.
     modes = torch.as_tensor(d.yb < 5)
-    random_half = precision_recall(fa, fb[torch.randperm(len(fb), generator=gen)[:int(modes.sum())]], k=3)
+    random_half = precision_recall(fa, fb[torch.randperm(len(fb), generator=gen)[: int(modes.sum())]], k=3)
     half_fake = precision_recall(fa, fb[modes], k=3)
-    assert half_fake["recall"] < random_half["recall"] - 0.15 and half_fake["precision"] > 0.85, (half_fake, random_half)
+    assert half_fake["recall"] < random_half["recall"] - 0.15 and half_fake["precision"] > 0.85, (
+        half_fake,
+        random_half,
+    )
     # the reference holds only digits 0-4: half the fakes lie off the real manifold, precision falls
     modes = torch.as_tensor(d.ya < 5)
-    random_half = precision_recall(fa[torch.randperm(len(fa), generator=gen)[:int(modes.sum())]], fb, k=3)
+    random_half = precision_recall(fa[torch.randperm(len(fa), generator=gen)[: int(modes.sum())]], fb, k=3)
     half_real = precision_recall(fa[modes], fb, k=3)
-    assert half_real["precision"] < random_half["precision"] - 0.15 and half_real["recall"] > 0.85, (half_real, random_half)
+    assert half_real["precision"] < random_half["precision"] - 0.15 and half_real["recall"] > 0.85, (
+        half_real,
+        random_half,
+    )
 
 
 def test_precision_recall_of_disjoint_clouds_is_zero():

@@ -1,5 +1,6 @@
 """The logged generator through MLflow: pyfunc, `mlflow models serve`, the Model Registry, and the
 experiment kind the MLflow UI reads."""
+
 import json
 import os
 import subprocess
@@ -12,10 +13,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from conftest import free_port, prepare_project, stop_group, tiny_params, wait_http
-from dcganlab import paths
-from dcganlab.tracking import EXPERIMENT_KIND
+
+from dcganlab.core import paths
+from dcganlab.core.tracking import EXPERIMENT_KIND
 
 KIND_KEY, KIND = EXPERIMENT_KIND
 
@@ -45,9 +46,14 @@ def project(tmp_path_factory):
     raw["experiments"]["tinyc"] = {**raw["experiments"]["tiny"], "variant": "cgan"}
     p = prepare_project(root, raw)
     mlflow.MlflowClient(_uri(root)).create_experiment("digits", artifact_location=(root / "mlartifacts").as_uri())
-    result = subprocess.run([sys.executable, "-m", "dcganlab", "train", "-p", str(root / "params.yaml")], cwd=root,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcganlab", "train", "-p", str(root / "params.yaml")],
+        cwd=root,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(_uri(root))
     return p, result.stderr
@@ -55,7 +61,8 @@ def project(tmp_path_factory):
 
 def _predictions(root: Path, name: str, z: np.ndarray, labels: np.ndarray | None = None) -> tuple:
     """(pyfunc output, the project's own generator output) for the same latents."""
-    from dcganlab.train import generate, load_model
+    from dcganlab.gan.modelfile import load_model
+    from dcganlab.gan.sampling import generate
 
     mlflow.set_tracking_uri(_uri(root))
     model = mlflow.pyfunc.load_model(f"runs:/{_run_id(root, name)}/generator")
@@ -94,11 +101,14 @@ def test_pyfunc_conditional_generator_takes_labels(project):
 def test_logging_and_loading_print_no_warning_and_the_model_carries_its_code(project):
     p, train_stderr = project
     assert "warning" not in train_stderr.lower(), train_stderr[-3000:]
-    code = ("import sys, numpy as np, mlflow; m = mlflow.pyfunc.load_model('models:/tinyc/1'); "
-            "print(m.predict({'z': np.zeros((2, 8), np.float32), 'labels': np.array([1, 2])}).shape); "
-            "print(sys.modules['dcganlab'].__file__)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=p.root,
-                            env=_env(p.root), capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, numpy as np, mlflow; m = mlflow.pyfunc.load_model('models:/tinyc/1'); "
+        "print(m.predict({'z': np.zeros((2, 8), np.float32), 'labels': np.array([1, 2])}).shape); "
+        "print(sys.modules['dcganlab'].__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=p.root, env=_env(p.root), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning" not in result.stderr.lower(), result.stderr
     shape, package = result.stdout.split("\n")[:2]
@@ -109,7 +119,7 @@ def test_logging_and_loading_print_no_warning_and_the_model_carries_its_code(pro
 
 
 def test_every_training_registers_one_version_and_a_rerun_registers_none(project, capsys):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     p, _ = project
     client = mlflow.MlflowClient(_uri(p.root))
@@ -127,9 +137,9 @@ def test_every_training_registers_one_version_and_a_rerun_registers_none(project
 
 
 def test_evaluate_tags_the_model_version_with_its_quality(project):
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
 
     p, _ = project
     data = load_processed(paths.processed_dir(p.root, "digits"))
@@ -142,7 +152,7 @@ def test_evaluate_tags_the_model_version_with_its_quality(project):
 
 
 def test_experiments_carry_the_kind_the_ui_opens_on_training_runs(project):
-    from dcganlab.tracking import _experiment_id, connect
+    from dcganlab.core.tracking import _experiment_id, connect
 
     p, _ = project
     assert KIND == "custom_model_development"  # the UI's "Machine learning" kind
@@ -168,9 +178,25 @@ def test_models_serve_answers_with_images_over_http(project):
     port = free_port()
     log = open(p.root / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-         f"runs:/{_run_id(p.root, 'tinyc')}/generator", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-        cwd=p.root, env=_env(p.root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{_run_id(p.root, 'tinyc')}/generator",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=p.root,
+        env=_env(p.root),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, p.root / "serve.log")
         z = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
@@ -196,9 +222,15 @@ def test_ui_serves_the_project_store_and_links_open_on_training_runs(project):
     prints links that name the training view, and the server it starts answers with our runs."""
     p, _ = project
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dcganlab", "ui", "-p", str(p.root / "params.yaml"),
-                             "--port", str(port)], cwd=p.root, env=_env(p.root), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcganlab", "ui", "-p", str(p.root / "params.yaml"), "--port", str(port)],
+        cwd=p.root,
+        env=_env(p.root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         digits = mlflow.MlflowClient(_uri(p.root)).get_experiment_by_name("digits").experiment_id
         line = proc.stdout.readline()  # one line per experiment, by name

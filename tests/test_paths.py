@@ -3,27 +3,29 @@
 The one path a user may point anywhere is the folder source's input (`datasets.<name>.path`):
 it is read, never written, and fetch copies what it reads into data/raw/<name>/.
 """
+
 import os
 
 import pandas as pd
 import pytest
+from conftest import tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings
-from dcganlab.prepare import prepare
+from dcganlab.core import paths
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings
+from dcganlab.data.prepare import prepare
 
 
 def _raw(tmp_path, files):
     raw = tmp_path / "data/raw/digits"
     (raw / "images").mkdir(parents=True)
     Image.new("L", (16, 16), 200).save(raw / "images/000000.png")
-    pd.DataFrame({"file": files, "label": [""] * len(files), "source": ["t"] * len(files),
-                  "checksum": [""] * len(files)}).to_csv(raw / "manifest.csv", index=False)
+    pd.DataFrame(
+        {"file": files, "label": [""] * len(files), "source": ["t"] * len(files), "checksum": [""] * len(files)}
+    ).to_csv(raw / "manifest.csv", index=False)
     return raw
 
 
@@ -32,13 +34,16 @@ def test_plain_relative_paths_are_inside(tmp_path, rel):
     assert paths.inside(tmp_path, rel) == tmp_path / rel
 
 
-@pytest.mark.parametrize("rel,why", [
-    ("../../etc/passwd", "'..' leaves the folder"),
-    ("images/../../x.png", "'..' leaves the folder"),
-    ("/etc/passwd", "absolute path"),
-    ("C:\\Windows\\win.ini", "absolute path"),
-    ("", "empty path"),
-])
+@pytest.mark.parametrize(
+    "rel,why",
+    [
+        ("../../etc/passwd", "'..' leaves the folder"),
+        ("images/../../x.png", "'..' leaves the folder"),
+        ("/etc/passwd", "absolute path"),
+        ("C:\\Windows\\win.ini", "absolute path"),
+        ("", "empty path"),
+    ],
+)
 def test_escaping_paths_are_refused(tmp_path, rel, why):
     with pytest.raises(ValueError, match=why):
         paths.inside(tmp_path, rel)
@@ -48,8 +53,11 @@ def test_prepare_refuses_a_manifest_row_outside_raw(tmp_path):
     secret = tmp_path / "secret.png"
     Image.new("L", (16, 16), 0).save(secret)
     raw = _raw(tmp_path, ["images/000000.png", "../../../secret.png", str(secret)])
-    with pytest.raises(UserError, match=r"2 file path\(s\) outside .*line 3 '../../../secret.png' \('..' leaves the "
-                                        r"folder\); line 4 '.*secret.png' \(absolute path\)"):
+    with pytest.raises(
+        UserError,
+        match=r"2 file path\(s\) outside .*line 3 '../../../secret.png' \('..' leaves the "
+        r"folder\); line 4 '.*secret.png' \(absolute path\)",
+    ):
         prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
     assert not (tmp_path / "out").exists()  # nothing was read or written
 
@@ -74,8 +82,14 @@ def test_prepare_command_reports_a_tampered_manifest_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", "", "x\\y"])
 def test_stage_paths_refuse_names_that_leave_their_folder(tmp_path, name):
-    for where in (paths.raw_dir, paths.processed_dir, paths.model_dir, paths.report_dir, paths.eval_path,
-                  paths.extractor_path):
+    for where in (
+        paths.raw_dir,
+        paths.processed_dir,
+        paths.model_dir,
+        paths.report_dir,
+        paths.eval_path,
+        paths.extractor_path,
+    ):
         with pytest.raises(ValueError, match="not a plain name"):
             where(tmp_path, name)
 
@@ -103,8 +117,9 @@ def test_folder_source_reads_links_into_the_projects_dvc_cache(tmp_path):
     photos.mkdir(parents=True)
     os.symlink(cache / "cdef", photos / "a.png")
     os.symlink(tmp_path, photos / "b.png")  # anywhere else: still not followed
-    write_params(project, tiny_params(**{"datasets.digits.source": "folder",
-                                         "datasets.digits.path": "data/external/photos"}))
+    write_params(
+        project, tiny_params(**{"datasets.digits.source": "folder", "datasets.digits.path": "data/external/photos"})
+    )
     result = CliRunner().invoke(app, ["fetch", "--params", str(project / "params.yaml")])
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(project / "data/raw/digits/manifest.csv")["source"]) == ["a.png"]

@@ -1,4 +1,5 @@
 """prepare and faces: real Haar detection on real faces, arrays training can read directly."""
+
 import json
 
 import numpy as np
@@ -8,23 +9,23 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dcganlab.cli import app
-from dcganlab.errors import UserError
-from dcganlab.faces import CropSettings, process_image, square_box
-from dcganlab.prepare import prepare, prepare_folder
+from dcganlab.core.errors import UserError
+from dcganlab.data.faces import CropSettings, process_image, square_box
+from dcganlab.data.prepare import prepare, prepare_folder
 
 
 def test_haar_finds_real_faces_and_rejects_nonfaces(tmp_path):
     """All 200 LFW-subset images: recall on the 100 faces, false positives on the 100 others."""
-    from dcganlab.config import DatasetParams
-    from dcganlab.sources import fetch
+    from dcganlab.core.config import DatasetParams
+    from dcganlab.data.sources import fetch
 
     raw = tmp_path / "raw"
     fetch(DatasetParams(source="lfw-subset"), raw, tmp_path / "dl")
     stats = prepare(raw, tmp_path / "out", CropSettings(image_size=32, channels=3), test_fraction=0.1)
     manifest = pd.read_csv(tmp_path / "out/manifest.csv", dtype={"label": str}, keep_default_na=False)
     kept = manifest[manifest["status"] == "kept"]
-    assert (kept["label"] == "face").sum() >= 95       # recall >= 0.95 (98 seen)
-    assert (kept["label"] == "nonface").sum() <= 2     # false positives <= 2 % (0 seen)
+    assert (kept["label"] == "face").sum() >= 95  # recall >= 0.95 (98 seen)
+    assert (kept["label"] == "nonface").sum() <= 2  # false positives <= 2 % (0 seen)
     assert stats["discarded"] == {"no_face": 200 - stats["kept"]}
     images = np.load(tmp_path / "out/images.npy")
     assert images.shape == (stats["kept"], 3, 32, 32) and images.dtype == np.uint8
@@ -51,7 +52,7 @@ def test_exif_rotation_is_honoured(tmp_path):
     arr, status, _ = process_image(tmp_path / "rot.jpg", CropSettings(image_size=20, channels=1, detect_faces=False))
     assert status == "kept"
     # displayed upright the image is 20 wide x 40 tall, white on top
-    from dcganlab.images import load_rgb
+    from dcganlab.data.images import load_rgb
 
     upright = load_rgb(tmp_path / "rot.jpg")
     assert upright.shape[:2] == (40, 20)
@@ -76,8 +77,14 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     Image.new("L", (28, 28), 255).save(raw / "images/0.png")
     (raw / "images/1.png").write_bytes(b"")
     (raw / "images/2.png").write_text("this is text")
-    pd.DataFrame({"file": [f"images/{i}.png" for i in range(3)], "label": ["", "", ""],
-                  "source": ["t"] * 3, "checksum": [""] * 3}).to_csv(raw / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "file": [f"images/{i}.png" for i in range(3)],
+            "label": ["", "", ""],
+            "source": ["t"] * 3,
+            "checksum": [""] * 3,
+        }
+    ).to_csv(raw / "manifest.csv", index=False)
     stats = prepare(raw, tmp_path / "out", CropSettings(image_size=16, channels=1, detect_faces=False))
     assert stats["kept"] == 1 and stats["discarded"] == {"empty": 1, "not_an_image": 1}
 
@@ -113,7 +120,7 @@ def test_faces_command_on_missing_folder_is_one_line(tmp_path):
 
 def test_prepare_workers_give_the_same_result(tmp_path, face_photos):
     files = sorted(p for p in face_photos.iterdir())
-    from dcganlab.prepare import process_all
+    from dcganlab.data.prepare import process_all
 
     one = process_all(files, CropSettings(image_size=32), workers=1)
     two = process_all(files, CropSettings(image_size=32), workers=2)

@@ -1,10 +1,11 @@
 """Progress without a terminal: DVC pipes every stage's output, so tqdm would print nothing."""
+
 import re
 
 import pytest
 
-from dcganlab import progress as prog
-from dcganlab.progress import progress, status_line
+from dcganlab.core import progress as prog
+from dcganlab.core.progress import progress, status_line
 
 
 def test_status_line_names_the_stage_position_rate_and_eta():
@@ -38,9 +39,10 @@ def test_bad_interval_falls_back(monkeypatch, value):
 
 
 def test_training_and_extractor_print_progress_lines_under_a_pipe(prepared, monkeypatch, capsys):
-    from dcganlab import paths
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+    from dcganlab.core import paths
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     monkeypatch.setenv("DCGANLAB_PROGRESS_SECONDS", "0")
     data = load_processed(paths.processed_dir(prepared.root, "digits"))

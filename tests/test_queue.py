@@ -1,6 +1,7 @@
 """DVC experiments and MLflow: `dvc exp run --temp` and queued experiments (`dvc queue start -j 2`)
 log to the launching project's store (or a server), one MLflow run per DVC experiment, tagged
 with its name and baseline; a brand-new SQLite store survives parallel writers."""
+
 import json
 import os
 import subprocess
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import git_project, prepare_project, run_cmd, tiny_params, write_params
-from dcganlab import paths
-from dcganlab.config import load_params
-from dcganlab.tracking import belongs, dvc_tags, existing_run, project_root, training_run
-from dcganlab.train import train
 from test_team import mlflow_server  # noqa: F401  (fixture: `mlflow server` on loopback)
+
+from dcganlab.core import paths
+from dcganlab.core.config import load_params
+from dcganlab.core.tracking import belongs, dvc_tags, existing_run, project_root, training_run
+from dcganlab.training.loop import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DVC = [sys.executable, "-m", "dvc"]
@@ -50,7 +51,7 @@ def _saved_id(root: Path) -> str:
 def test_project_root_is_the_project_itself_outside_dvc_executor_copies(tmp_path, monkeypatch):
     (tmp_path / ".dvc").mkdir()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert project_root(tmp_path) == tmp_path.resolve()                 # dvc repro, workspace dvc exp run
+    assert project_root(tmp_path) == tmp_path.resolve()  # dvc repro, workspace dvc exp run
     (tmp_path / "sub").mkdir()
     assert project_root(tmp_path / "sub") == (tmp_path / "sub").resolve()
     monkeypatch.delenv("DVC_ROOT")
@@ -58,7 +59,7 @@ def test_project_root_is_the_project_itself_outside_dvc_executor_copies(tmp_path
 
 
 @pytest.mark.parametrize("layout", ["standalone/tmpab12", "tmpcd34"])  # --temp, queued
-@pytest.mark.parametrize("dvc_root", ["launching", "copy", "unset"])    # DVC 3 / an older DVC
+@pytest.mark.parametrize("dvc_root", ["launching", "copy", "unset"])  # DVC 3 / an older DVC
 def test_project_root_finds_the_launching_project_from_a_dvc_executor_copy(tmp_path, monkeypatch, layout, dvc_root):
     repo = tmp_path / "repo"
     copy = repo / ".dvc" / "tmp" / "exps" / layout
@@ -81,7 +82,7 @@ def test_dvc_tags_and_the_run_selection_rule(monkeypatch):
     here = dvc_tags()
     assert here == {"dvc_exp_name": "x", "dvc_exp_baseline_rev": "r"}
     assert belongs({"dvc_exp_name": "x", "dvc_exp_baseline_rev": "r", "variant": "dcgan"}, here)
-    assert not belongs({}, here)                                                  # the baseline's run
+    assert not belongs({}, here)  # the baseline's run
     assert not belongs({"dvc_exp_name": "y", "dvc_exp_baseline_rev": "r"}, here)  # another experiment's
     assert not belongs({"dvc_exp_name": "x", "dvc_exp_baseline_rev": "s"}, here)  # same name, other baseline
 
@@ -106,7 +107,7 @@ def test_one_mlflow_run_per_dvc_experiment(tmp_path, monkeypatch):
     assert a.data.tags["dvc_exp_name"] == "exp-a" and a.data.tags["dvc_exp_baseline_rev"] == "b" * 40
     assert a.data.tags["continued_from"] == base and a.data.params["experiment.epochs"] == "2"
     assert _steps(uri, run_a) == [1, 2]  # the history up to the checkpoint back-filled
-    assert _steps(uri, base) == [1]      # the baseline's run untouched
+    assert _steps(uri, base) == [1]  # the baseline's run untouched
     assert mlflow.MlflowClient(uri).get_run(base).data.params["experiment.epochs"] == "1"
 
     # the same experiment resumes into the same run (a rerun after SIGTERM)
@@ -138,8 +139,8 @@ def test_one_mlflow_run_per_dvc_experiment(tmp_path, monkeypatch):
 RACER = """
 import sys, time
 from pathlib import Path
-from dcganlab.config import load_params
-from dcganlab.tracking import connect, _dataset_experiment
+from dcganlab.core.config import load_params
+from dcganlab.core.tracking import connect, _dataset_experiment
 p = load_params(Path(sys.argv[1]))
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts at the same moment
 tracked = connect(p)
@@ -156,14 +157,24 @@ def test_parallel_stages_create_a_new_sqlite_store_safely(tmp_path):
     write_params(tmp_path, tiny_params())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     start = time.time() + 10
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "params.yaml"), str(start)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path / "params.yaml"), str(start)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(runs) == 3 and all(len(mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-                                      .get_metric_history(r.info.run_id, "x")) == 20 for r in runs)
+    assert len(runs) == 3 and all(
+        len(mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(r.info.run_id, "x")) == 20
+        for r in runs
+    )
 
 
 # ---------------------------------------------------------------- the real dvc CLI
@@ -184,8 +195,11 @@ def baseline(tmp_path_factory):
 def _exp_show(work: Path, env) -> dict:
     """{experiment name: its reports/metrics.json data} from `dvc exp show --json`."""
     rows = json.loads(run_cmd(DVC + ["exp", "show", "--json"], work, env))
-    return {e["name"]: e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]
-            for row in rows for e in (row.get("experiments") or [])}
+    return {
+        e["name"]: e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]
+        for row in rows
+        for e in (row.get("experiments") or [])
+    }
 
 
 def _run_queue(work: Path, env, names: list[str]) -> None:
@@ -195,8 +209,11 @@ def _run_queue(work: Path, env, names: list[str]) -> None:
         deadline = time.monotonic() + 480
         while True:
             status = run_cmd(DVC + ["queue", "status"], work, env)
-            rows = {line.split()[1]: line.split()[-1] for line in status.splitlines()
-                    if len(line.split()) > 2 and line.split()[1] in names}
+            rows = {
+                line.split()[1]: line.split()[-1]
+                for line in status.splitlines()
+                if len(line.split()) > 2 and line.split()[1] in names
+            }
             if any(s == "Failed" for s in rows.values()):
                 logs = "\n".join(run_cmd(DVC + ["queue", "logs", n], work, env)[-3000:] for n in names)
                 pytest.fail(f"a queued experiment failed:\n{status}\n{logs}")
@@ -231,7 +248,9 @@ def test_temp_experiment_logs_into_the_projects_store_in_a_run_of_its_own(baseli
     work, env, base = baseline
     uri = f"sqlite:///{work / 'mlflow.db'}"
     fid_before = mlflow.MlflowClient(uri).get_run(base).data.metrics["fid"]
-    run_cmd(DVC + ["exp", "run", "--temp", "-n", "t-epochs", "-S", "experiments.tiny.epochs=2", "train@tiny"], work, env)
+    run_cmd(
+        DVC + ["exp", "run", "--temp", "-n", "t-epochs", "-S", "experiments.tiny.epochs=2", "train@tiny"], work, env
+    )
 
     runs = _runs(uri, dvc_exp_name="t-epochs")
     assert len(runs) == 1

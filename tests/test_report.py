@@ -1,5 +1,6 @@
 """report: the comparison table, metrics.json, the claims' verdicts and a self-contained HTML,
 on eval JSONs / quality CSVs / sample folders the tests write with the agreed keys (SCHEMA)."""
+
 import json
 import re
 from dataclasses import replace
@@ -7,36 +8,77 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_EXPERIMENT, tiny_params, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_EXPERIMENT, tiny_params, write_params
-from dcganlab import paths
-from dcganlab.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
 from dcganlab.cli import app
-from dcganlab.report import COLUMNS, flatten
+from dcganlab.core import paths
+from dcganlab.core.flat import flatten
+from dcganlab.evaluation.claims import CLAIMS, INCONCLUSIVE, REFUTES, SUPPORTS, Claim, Evidence, Setup, judge_claims
+from dcganlab.stages.report import COLUMNS
 
-VARIANT = {"digits-dcgan": "dcgan", "digits-cgan": "cgan", "digits-upsample": "upsample-gan",
-           "faces-face-dcgan": "face-dcgan", "faces-cartoon": "cartoon-128"}
+VARIANT = {
+    "digits-dcgan": "dcgan",
+    "digits-cgan": "cgan",
+    "digits-upsample": "upsample-gan",
+    "faces-face-dcgan": "face-dcgan",
+    "faces-cartoon": "cartoon-128",
+}
 NAMES = list(VARIANT)
 
 
 def eval_json(fid=10.0, kid=0.1, kid_std=0.01, **extra) -> dict:
     """An eval JSON with every key SCHEMA.md lists."""
-    m = {"fid": fid, "kid": kid, "kid_std": kid_std, "kid_subset_size": 10, "fid_real_floor": 1.0,
-         "extractor": "domain:digits (classifier, 16-d, test acc 0.900)", "n_fake": 40, "n_real": 24,
-         "reference_split": "digits:test (held-out real images)", "images_per_s": 500.0, "train_wall_s": 12.5,
-         "epochs": 3, "variant": "dcgan", "dataset": "digits", "precision": 0.7, "recall": 0.6, "pr_k": 3,
-         "precision_real_floor": 0.8, "recall_real_floor": 0.8, "diversity_ssim": 0.2, "diversity_ssim_real": 0.15,
-         "ssim_pairs": 100,
-         "class_accuracy": {"per_class": {str(i): 0.9 for i in range(10)}, "mean": 0.9, "n_per_class": 50,
-                            "classifier_test_accuracy": 0.95},
-         "mode_coverage": {"histogram": {str(i): 0.1 for i in range(10)}, "classes_covered": 10, "num_classes": 10,
-                           "n": 500, "kl_to_uniform": 0.01},
-         "linear_probe": {"d_features": 0.9, "pixels": 0.8, "train_n": 400, "eval_n": 400, "train_split": "train",
-                          "eval_split": "test"},
-         "fid_ranked": 8.0, "inception": None, "inception_status": "unavailable: no weights file (offline)",
-         "eval_seconds": 3.0}
+    m = {
+        "fid": fid,
+        "kid": kid,
+        "kid_std": kid_std,
+        "kid_subset_size": 10,
+        "fid_real_floor": 1.0,
+        "extractor": "domain:digits (classifier, 16-d, test acc 0.900)",
+        "n_fake": 40,
+        "n_real": 24,
+        "reference_split": "digits:test (held-out real images)",
+        "images_per_s": 500.0,
+        "train_wall_s": 12.5,
+        "epochs": 3,
+        "variant": "dcgan",
+        "dataset": "digits",
+        "precision": 0.7,
+        "recall": 0.6,
+        "pr_k": 3,
+        "precision_real_floor": 0.8,
+        "recall_real_floor": 0.8,
+        "diversity_ssim": 0.2,
+        "diversity_ssim_real": 0.15,
+        "ssim_pairs": 100,
+        "class_accuracy": {
+            "per_class": {str(i): 0.9 for i in range(10)},
+            "mean": 0.9,
+            "n_per_class": 50,
+            "classifier_test_accuracy": 0.95,
+        },
+        "mode_coverage": {
+            "histogram": {str(i): 0.1 for i in range(10)},
+            "classes_covered": 10,
+            "num_classes": 10,
+            "n": 500,
+            "kl_to_uniform": 0.01,
+        },
+        "linear_probe": {
+            "d_features": 0.9,
+            "pixels": 0.8,
+            "train_n": 400,
+            "eval_n": 400,
+            "train_split": "train",
+            "eval_split": "test",
+        },
+        "fid_ranked": 8.0,
+        "inception": None,
+        "inception_status": "unavailable: no weights file (offline)",
+        "eval_seconds": 3.0,
+    }
     m.update(extra)
     return m
 
@@ -44,8 +86,9 @@ def eval_json(fid=10.0, kid=0.1, kid_std=0.01, **extra) -> dict:
 def quality_csv(path, fids, seconds_per_epoch=1.0):
     path.parent.mkdir(parents=True, exist_ok=True)
     e = np.arange(1, len(fids) + 1)
-    pd.DataFrame({"epoch": e, "wall_s": e * seconds_per_epoch, "fid": fids, "kid": 0.1, "n_fake": 40,
-                  "n_real": 24}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"epoch": e, "wall_s": e * seconds_per_epoch, "fid": fids, "kid": 0.1, "n_fake": 40, "n_real": 24}
+    ).to_csv(path, index=False)
 
 
 @pytest.fixture
@@ -65,10 +108,19 @@ def reports(tmp_path):
     samples.mkdir(parents=True)
     Image.new("RGB", (20, 20), (255, 0, 0)).save(samples / "grid.png")
     Image.new("RGB", (30, 20), (0, 255, 0)).save(samples / "arithmetic.png")
-    (samples / "figures.json").write_text(json.dumps({"arithmetic": {"mode": "class", "note": "kinds = classes",
-                                                                     "rows": [{"ok": True}, {"ok": False}],
-                                                                     "agreement": 0.5},
-                                                      "progression_epochs": [1, 3]}))
+    (samples / "figures.json").write_text(
+        json.dumps(
+            {
+                "arithmetic": {
+                    "mode": "class",
+                    "note": "kinds = classes",
+                    "rows": [{"ok": True}, {"ok": False}],
+                    "agreement": 0.5,
+                },
+                "progression_epochs": [1, 3],
+            }
+        )
+    )
     return tmp_path
 
 
@@ -94,14 +146,21 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
     assert metrics["digits-dcgan"]["arithmetic_agreement"] == 0.5
     # which generator: the final and the best epoch by the curve ([95, 70, 50, 30, 20]: the last is best)
     chosen = {k: v for k, v in metrics["faces-face-dcgan"].items() if k.startswith("generator.")}
-    assert chosen == {"generator.final_epoch": 5, "generator.final_curve_fid": 20.0, "generator.best_epoch": 5,
-                      "generator.best_curve_fid": 20.0}
+    assert chosen == {
+        "generator.final_epoch": 5,
+        "generator.final_curve_fid": 20.0,
+        "generator.best_epoch": 5,
+        "generator.best_curve_fid": 20.0,
+    }
     assert "generator.best_epoch" not in metrics["digits-cgan"]  # no curve
     assert "final = epoch 5 (curve FID 20" in md and "`models:/faces-face-dcgan@champion` is the best" in md
     assert "1 of 2 came out as expected" in md
     figures = reports / "reports/figures"
-    assert {p.name for p in figures.iterdir()} == {"faces-cartoon_quality.png", "faces-face-dcgan_quality.png",
-                                                  "quality_digits.png"}
+    assert {p.name for p in figures.iterdir()} == {
+        "faces-cartoon_quality.png",
+        "faces-face-dcgan_quality.png",
+        "quality_digits.png",
+    }
     assert all(Image.open(p).size[0] > 100 for p in figures.iterdir())
     assert "![FID vs epoch and vs wall-clock seconds](figures/faces-cartoon_quality.png)" in md
     assert "](samples/digits-dcgan/grid.png)" in md
@@ -109,16 +168,30 @@ def test_table_has_every_experiment_and_column_and_metrics_are_flat(reports):
 
 
 def test_generator_choice_names_the_final_and_the_best_epoch(tmp_path):
-    from dcganlab.report import generator_choice, read_quality
+    from dcganlab.stages.report import generator_choice, read_quality
 
     quality_csv(tmp_path / "q.csv", [90, 40, 10, 15, 10])  # a tie: the earliest of equals is best
     assert generator_choice(read_quality(tmp_path / "q.csv")) == {
-        "final_epoch": 5, "final_curve_fid": 10.0, "best_epoch": 3, "best_curve_fid": 10.0}
+        "final_epoch": 5,
+        "final_curve_fid": 10.0,
+        "best_epoch": 3,
+        "best_curve_fid": 10.0,
+    }
 
 
 def test_missing_and_null_metrics_print_na(reports):
-    old = {"fid": 5.0, "kid": None, "kid_std": None, "extractor": "domain:x", "n_fake": 4, "n_real": 4,
-           "reference_split": "digits:test", "images_per_s": 1.0, "train_wall_s": 1.0, "epochs": 1}
+    old = {
+        "fid": 5.0,
+        "kid": None,
+        "kid_std": None,
+        "extractor": "domain:x",
+        "n_fake": 4,
+        "n_real": 4,
+        "reference_split": "digits:test",
+        "images_per_s": 1.0,
+        "train_wall_s": 1.0,
+        "epochs": 1,
+    }
     paths.eval_path(reports, "digits-cgan").write_text(json.dumps(old))  # today's keys only, KID null
     md, _ = run_report(reports)
     row = next(line for line in md.splitlines() if line.startswith("| digits-cgan "))
@@ -154,15 +227,28 @@ def test_report_without_an_eval_file_fails_with_one_line(reports):
 
 # ---------------------------------------------------------------- claims on constructed inputs
 # name -> (variant, image size, source) of the constructed experiments: each at its paper's setup
-KIND = {"faces-resnet": ("resnet-dcgan", 96, "folder"), "faces-face-dcgan": ("face-dcgan", 96, "folder"),
-        "faces-cartoon": ("cartoon-128", 128, "folder"), "digits-cgan": ("cgan", 32, "mnist-subset"),
-        "digits-upsample": ("upsample-gan", 28, "fashion-mnist"), "digits-dcgan": ("dcgan", 32, "mnist-subset")}
+KIND = {
+    "faces-resnet": ("resnet-dcgan", 96, "folder"),
+    "faces-face-dcgan": ("face-dcgan", 96, "folder"),
+    "faces-cartoon": ("cartoon-128", 128, "folder"),
+    "digits-cgan": ("cgan", 32, "mnist-subset"),
+    "digits-upsample": ("upsample-gan", 28, "fashion-mnist"),
+    "digits-dcgan": ("dcgan", 32, "mnist-subset"),
+}
 
 
 def ev(name, quality=None, size=None, source=None, dataset="d", epochs=100, **metrics):
     variant, paper_size, paper_source = KIND.get(name, (name, 32, "mnist"))
-    return Evidence(name, flatten(eval_json(**metrics)), quality, size or paper_size, epochs, variant, dataset,
-                    source or paper_source)
+    return Evidence(
+        name,
+        flatten(eval_json(**metrics)),
+        quality,
+        size or paper_size,
+        epochs,
+        variant,
+        dataset,
+        source or paper_source,
+    )
 
 
 def curve(fids):
@@ -183,18 +269,26 @@ def claim_verdict(evidence, text):
 
 def test_resnet_claim_supports_refutes_and_inconclusive():
     fast, slow = curve([50, 20, 12, 11, 10]), curve([90, 70, 40, 25, 20])
-    good = {"faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01),
-            "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01)}
+    good = {
+        "faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01),
+        "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01),
+    }
     assert claim_verdict(good, "ResNet")[0] == SUPPORTS
-    bad = {"faces-resnet": ev("faces-resnet", curve([90, 40, 30, 31, 32]), fid=30, kid=0.9, kid_std=0.01),
-           "faces-face-dcgan": ev("faces-face-dcgan", curve([50, 20, 10, 11, 12]), fid=10, kid=0.1, kid_std=0.01)}
+    bad = {
+        "faces-resnet": ev("faces-resnet", curve([90, 40, 30, 31, 32]), fid=30, kid=0.9, kid_std=0.01),
+        "faces-face-dcgan": ev("faces-face-dcgan", curve([50, 20, 10, 11, 12]), fid=10, kid=0.1, kid_std=0.01),
+    }
     assert claim_verdict(bad, "ResNet")[0] == REFUTES  # both curves levelled off: a refutation stands
-    noisy = {"faces-resnet": ev("faces-resnet", fast, kid=0.1, kid_std=0.5),
-             "faces-face-dcgan": ev("faces-face-dcgan", slow, kid=0.3, kid_std=0.5)}
+    noisy = {
+        "faces-resnet": ev("faces-resnet", fast, kid=0.1, kid_std=0.5),
+        "faces-face-dcgan": ev("faces-face-dcgan", slow, kid=0.3, kid_std=0.5),
+    }
     verdict, reason = claim_verdict(noisy, "ResNet")
     assert verdict == INCONCLUSIVE and "within noise" in reason
-    no_curve = {"faces-resnet": ev("faces-resnet", None, kid=0.1, kid_std=0.01),
-                "faces-face-dcgan": ev("faces-face-dcgan", None, kid=0.5, kid_std=0.01)}
+    no_curve = {
+        "faces-resnet": ev("faces-resnet", None, kid=0.1, kid_std=0.01),
+        "faces-face-dcgan": ev("faces-face-dcgan", None, kid=0.5, kid_std=0.01),
+    }
     verdict, reason = claim_verdict(no_curve, "ResNet")
     assert verdict == INCONCLUSIVE and "fewer epochs" in reason
     missing = {"faces-face-dcgan": good["faces-face-dcgan"]}
@@ -206,8 +300,10 @@ def test_resnet_claim_supports_refutes_and_inconclusive():
 def resnet_row(fast, slow, **setup):
     """The ResNet claim's row for a ResNet run (curve `fast`, FID 10, KID 0.1) against a face DCGAN
     (curve `slow`, FID 20, KID 0.5), both with `setup` (size, source, epochs)."""
-    pair = {"faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01, **setup),
-            "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01, **setup)}
+    pair = {
+        "faces-resnet": ev("faces-resnet", fast, fid=10, kid=0.1, kid_std=0.01, **setup),
+        "faces-face-dcgan": ev("faces-face-dcgan", slow, fid=20, kid=0.5, kid_std=0.01, **setup),
+    }
     _, table = verdicts(pair)
     return table[table["claim"].str.contains("ResNet")].iloc[0]
 
@@ -216,24 +312,30 @@ def test_a_scaled_down_experiment_gets_no_verdict_but_says_what_the_numbers_read
     fast, slow = curve([50, 20, 12, 11, 10]), curve([90, 70, 40, 25, 20])
     row = resnet_row(fast, slow, size=32)
     assert row["verdict"] == INCONCLUSIVE
-    assert row["reason"].startswith("not the paper's setup: faces-resnet at 32x32 (paper: 96x96); "
-                                    "faces-face-dcgan at 32x32 (paper: 96x96). At this setup the numbers alone read "
-                                    "'supports'")
+    assert row["reason"].startswith(
+        "not the paper's setup: faces-resnet at 32x32 (paper: 96x96); "
+        "faces-face-dcgan at 32x32 (paper: 96x96). At this setup the numbers alone read "
+        "'supports'"
+    )
     assert row["setup"].startswith("not the paper's: faces-resnet at 32x32")
     # the paper's size on other data: a verdict, for that data
     row = resnet_row(fast, slow, source="fashion-mnist")
     assert row["verdict"] == SUPPORTS and "holds for fashion-mnist data (paper: 96x96 anime faces)" in row["reason"]
     assert row["setup"] == "paper's image size; data fashion-mnist (paper: 96x96 anime faces)"
     # a claim about the kind of data: other data is not the paper's setup
-    verdict, reason = claim_verdict({"digits-dcgan": ev("digits-dcgan", source="fashion-mnist", precision=0.75,
-                                                        precision_real_floor=0.8)}, "plausible")
+    verdict, reason = claim_verdict(
+        {"digits-dcgan": ev("digits-dcgan", source="fashion-mnist", precision=0.75, precision_real_floor=0.8)},
+        "plausible",
+    )
     assert verdict == INCONCLUSIVE and "digits-dcgan on fashion-mnist data (paper: MNIST digits)" in reason
 
 
 def test_each_fitting_experiment_gets_a_row_and_baselines_come_from_the_same_dataset():
-    e = {"r1": ev("faces-resnet", dataset="a", kid=0.1, kid_std=0.01), "b1": ev("faces-face-dcgan", dataset="a", kid=0.5,
-                                                                                  kid_std=0.01),
-         "b2": ev("faces-face-dcgan", dataset="other", kid=0.9, kid_std=0.01)}
+    e = {
+        "r1": ev("faces-resnet", dataset="a", kid=0.1, kid_std=0.01),
+        "b1": ev("faces-face-dcgan", dataset="a", kid=0.5, kid_std=0.01),
+        "b2": ev("faces-face-dcgan", dataset="other", kid=0.9, kid_std=0.01),
+    }
     e = {n: replace(x, name=n) for n, x in e.items()}
     table = judge_claims(e)
     assert list(table[table["claim"].str.contains("ResNet")]["experiments"]) == ["r1, b1"]
@@ -242,27 +344,36 @@ def test_each_fitting_experiment_gets_a_row_and_baselines_come_from_the_same_dat
 def test_fewer_epochs_than_the_paper_void_comparisons_and_refutations_not_a_capability_shown():
     fast, slow = curve([50, 20, 10, 11, 12]), curve([90, 70, 40, 30, 31])
     row = resnet_row(fast, slow, epochs=3)
-    assert row["verdict"] == INCONCLUSIVE and "too short: faces-resnet trained 3 of the paper's 20 epochs" in row["reason"]
-    assert row["setup"] == ("paper's image size; data folder (paper: 96x96 anime faces); shorter: faces-resnet trained 3 "
-                            "of the paper's 20 epochs; shorter: faces-face-dcgan trained 3 of the paper's 20 epochs")
-    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=5.0,
-                                                           fid_real_floor=1.0)}, "ranked")
+    assert (
+        row["verdict"] == INCONCLUSIVE and "too short: faces-resnet trained 3 of the paper's 20 epochs" in row["reason"]
+    )
+    assert row["setup"] == (
+        "paper's image size; data folder (paper: 96x96 anime faces); shorter: faces-resnet trained 3 "
+        "of the paper's 20 epochs; shorter: faces-face-dcgan trained 3 of the paper's 20 epochs"
+    )
+    verdict, reason = claim_verdict(
+        {"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=5.0, fid_real_floor=1.0)}, "ranked"
+    )
     assert verdict == SUPPORTS and "shown although digits-upsample trained 5 of the paper's 30 epochs" in reason
-    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=15.0,
-                                                           fid_real_floor=1.0)}, "ranked")
+    verdict, reason = claim_verdict(
+        {"digits-upsample": ev("digits-upsample", epochs=5, fid=10.0, fid_ranked=15.0, fid_real_floor=1.0)}, "ranked"
+    )
     assert verdict == INCONCLUSIVE and "too short: digits-upsample trained 5" in reason
 
 
 def test_a_refutation_from_a_run_still_improving_is_inconclusive():
     rising = curve([90, 70, 50, 40, 30])
-    verdict, reason = claim_verdict({"digits-upsample": ev("digits-upsample", rising, fid=10.0, fid_ranked=15.0,
-                                                           fid_real_floor=1.0)}, "ranked")
+    verdict, reason = claim_verdict(
+        {"digits-upsample": ev("digits-upsample", rising, fid=10.0, fid_ranked=15.0, fid_real_floor=1.0)}, "ranked"
+    )
     assert verdict == INCONCLUSIVE and "too short to refute: digits-upsample still improving" in reason
 
 
 def test_without_kid_std_the_real_floor_is_the_noise_scale():
-    e = {"faces-cartoon": ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=60.0),
-         "faces-face-dcgan": ev("faces-face-dcgan", size=128, fid=100.0, kid_std=None, fid_real_floor=60.0)}
+    e = {
+        "faces-cartoon": ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=60.0),
+        "faces-face-dcgan": ev("faces-face-dcgan", size=128, fid=100.0, kid_std=None, fid_real_floor=60.0),
+    }
     verdict, reason = claim_verdict(e, "feature matching")
     assert verdict == INCONCLUSIVE and "real floor" in reason and "not a clean ablation" in reason
     e["faces-face-dcgan"] = ev("faces-face-dcgan", size=128, fid=200.0, kid_std=None, fid_real_floor=60.0)
@@ -270,7 +381,7 @@ def test_without_kid_std_the_real_floor_is_the_noise_scale():
 
 
 def test_the_cartoon_claim_says_whether_its_pair_is_a_clean_ablation():
-    from dcganlab.presets import PRESETS
+    from dcganlab.gan.presets import PRESETS
 
     full, plain = (PRESETS[n].entries()[1] for n in ("cartoon-128", "cartoon-128-ablation"))
     x = ev("faces-cartoon", fid=50.0, kid_std=None, fid_real_floor=1.0)
@@ -279,21 +390,38 @@ def test_the_cartoon_claim_says_whether_its_pair_is_a_clean_ablation():
     verdict, reason = claim_verdict({"a": x, "b": y}, "feature matching")
     assert verdict == SUPPORTS and "a clean ablation" in reason
     y.recipe = {**vars(plain), "lr_d": 2e-4, "flip_p": 0.0}
-    assert "differs from digits-dcgan in flip_p, lr_d: not a clean ablation" in claim_verdict({"a": x, "b": y},
-                                                                                              "feature matching")[1]
+    assert (
+        "differs from digits-dcgan in flip_p, lr_d: not a clean ablation"
+        in claim_verdict({"a": x, "b": y}, "feature matching")[1]
+    )
 
 
 def test_conditional_probe_ranked_and_plausible_claims():
     def one(name, text, **m):
         return claim_verdict({name: ev(name, **m)}, text)[0]
 
-    ca = lambda mean: {"per_class": {str(i): mean for i in range(10)}, "mean": mean, "n_per_class": 50,  # noqa: E731
-                       "classifier_test_accuracy": 0.95}
+    def ca(mean):
+        return {
+            "per_class": {str(i): mean for i in range(10)},
+            "mean": mean,
+            "n_per_class": 50,
+            "classifier_test_accuracy": 0.95,
+        }
+
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.9)) == SUPPORTS
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.11)) == REFUTES  # chance is 0.1
     assert one("digits-cgan", "requested digit", class_accuracy=ca(0.5)) == INCONCLUSIVE
-    lp = lambda d, p: {"d_features": d, "pixels": p, "train_n": 400, "eval_n": 400, "train_split": "train",  # noqa: E731
-                       "eval_split": "test"}
+
+    def lp(d, p):
+        return {
+            "d_features": d,
+            "pixels": p,
+            "train_n": 400,
+            "eval_n": 400,
+            "train_split": "train",
+            "eval_split": "test",
+        }
+
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.95, 0.85)) == SUPPORTS
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.75, 0.85)) == REFUTES
     assert one("digits-upsample", "classify digits well", linear_probe=lp(0.86, 0.85)) == INCONCLUSIVE
@@ -306,11 +434,24 @@ def test_conditional_probe_ranked_and_plausible_claims():
 
 
 def test_adding_a_claim_is_one_entry():
-    extra = Claim("recall beats precision", "nobody", (frozenset({"x"}),), Setup((32,), "MNIST digits", 1),
-                  "recall vs precision",
-                  lambda e: ("r vs p", SUPPORTS if e[0].get("recall") > e[0].get("precision") else REFUTES, "compared"))
+    extra = Claim(
+        "recall beats precision",
+        "nobody",
+        (frozenset({"x"}),),
+        Setup((32,), "MNIST digits", 1),
+        "recall vs precision",
+        lambda e: ("r vs p", SUPPORTS if e[0].get("recall") > e[0].get("precision") else REFUTES, "compared"),
+    )
     table = judge_claims({"x": ev("x", recall=0.9, precision=0.1)}, CLAIMS + [extra])
     assert len(table) == len(CLAIMS) + 1 and table.iloc[-1]["verdict"] == SUPPORTS
-    assert list(table.columns) == ["claim", "paper", "experiments", "setup", "how judged", "measured", "verdict",
-                                   "reason"]
+    assert list(table.columns) == [
+        "claim",
+        "paper",
+        "experiments",
+        "setup",
+        "how judged",
+        "measured",
+        "verdict",
+        "reason",
+    ]
     assert (table.iloc[:-1]["verdict"] == INCONCLUSIVE).all()  # none of the default experiments exist

@@ -1,5 +1,6 @@
 """Interruption, resume and failures of `dcganlab train`: real SIGKILL / SIGTERM / SIGINT of a
 subprocess, exact mid-epoch resume, NaN stops, discriminator collapse, tracking failures, secrets."""
+
 import ast
 import json
 import os
@@ -14,9 +15,9 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-
 from conftest import prepare_project, tiny_params, train_through_a_lost_tracking_server, write_params
-from dcganlab import paths
+
+from dcganlab.core import paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = ["images_per_s", "train_s", "wall_s", "threads"]  # threads: the machine's load decides
@@ -26,7 +27,7 @@ EPOCHS, EVERY = 3, 2  # tiny: 96 training images / batch 16 = 6 steps per epoch,
 # between two checkpoints (the tiny GAN would otherwise finish before the first signal lands).
 RUNNER = """
 import os, sys, time
-import dcganlab.train as t
+import dcganlab.training.loop as t
 step, delay = t.train_step, float(os.environ.get("SLOW", "0"))
 def slow_step(*args, **kwargs):
     time.sleep(delay)
@@ -46,8 +47,13 @@ def _project(root: Path, **overrides):
 def _start(root: Path, slow: float = 0.0) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(SLOW=str(slow), PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-c", RUNNER, "train", "tiny", "-p", str(root / "params.yaml")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, "train", "tiny", "-p", str(root / "params.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _position(root: Path) -> tuple[int, int]:
@@ -132,7 +138,7 @@ def test_sigkill_sigterm_and_ctrl_c_then_resume_end_exactly_like_an_uninterrupte
 
 
 def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch):
-    import dcganlab.train as t
+    import dcganlab.training.loop as t
 
     straight, broken = _project(tmp_path / "straight"), _project(tmp_path / "broken")
     t.train(straight, "tiny", progress=False)
@@ -148,13 +154,15 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
         os.kill(os.getpid(), signal.SIGTERM)
         return connect(params)
 
-    connect = t.connect
-    monkeypatch.setattr(t, "connect", connect_then_sigterm)
+    import dcganlab.training.run_log as run_log
+
+    connect = run_log.connect
+    monkeypatch.setattr(run_log, "connect", connect_then_sigterm)
     with pytest.raises(t.Interrupted) as err:
         t.train(broken, "tiny", progress=False)
     assert "checkpoint (the start)" in str(err.value) and _position(broken.root) == (0, 0)
     run_id = _run_id(broken.root)
-    monkeypatch.setattr(t, "connect", connect)
+    monkeypatch.setattr(run_log, "connect", connect)
 
     monkeypatch.setattr(t, "train_step", sigterm_at_9)
     with pytest.raises(t.Interrupted) as err:
@@ -168,7 +176,9 @@ def test_sigterm_mid_epoch_then_resume_is_exact_in_process(tmp_path, monkeypatch
     assert [r.info.run_id for r in runs] == [run_id]
     a, b = (torch.load(paths.model_path(p.root, "tiny"), weights_only=True) for p in (straight, broken))
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    la, lb = (pd.read_csv(paths.report_dir(p.root, "tiny") / "losses.csv").drop(columns=TIMING) for p in (straight, broken))
+    la, lb = (
+        pd.read_csv(paths.report_dir(p.root, "tiny") / "losses.csv").drop(columns=TIMING) for p in (straight, broken)
+    )
     pd.testing.assert_frame_equal(la, lb, check_exact=True)
 
 
@@ -182,17 +192,17 @@ def test_epochs_checkpointed_but_not_logged_are_sent_once_on_rerun(tmp_path, mon
 
 
 def test_a_nan_stops_the_run_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import dcganlab.train as t
+    import dcganlab.training.loop as t
 
     p = _project(tmp_path)
     calls, step = [0], t.train_step
 
-    def poisoned(G, *args, **kwargs):  # the 9th update (epoch 2, step 3) sees NaN weights
+    def poisoned(nets, *args, **kwargs):  # the 9th update (epoch 2, step 3) sees NaN weights
         calls[0] += 1
         if calls[0] == 9:
             with torch.no_grad():
-                next(G.parameters()).fill_(float("nan"))
-        return step(G, *args, **kwargs)
+                next(nets.G.parameters()).fill_(float("nan"))
+        return step(nets, *args, **kwargs)
 
     monkeypatch.setattr(t, "train_step", poisoned)
     with pytest.raises(t.Diverged) as err:
@@ -210,11 +220,18 @@ def test_a_nan_stops_the_run_names_the_step_and_keeps_the_last_good_checkpoint(t
 
 
 def test_a_collapsed_discriminator_is_flagged_in_the_log_and_in_mlflow(tmp_path, capsys):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     # thresholds every step meets: D "wins" from the first step on
-    p = _project(tmp_path, **{"experiments.tiny.epochs": 1, "train.collapse_real": 0.0,
-                              "train.collapse_fake": 1.0, "train.collapse_steps": 4})
+    p = _project(
+        tmp_path,
+        **{
+            "experiments.tiny.epochs": 1,
+            "train.collapse_real": 0.0,
+            "train.collapse_fake": 1.0,
+            "train.collapse_steps": 4,
+        },
+    )
     train(p, "tiny", progress=False)
     err = capsys.readouterr().err
     assert "tiny: warning: discriminator collapse in epoch 1" in err and "6 consecutive steps" in err
@@ -224,7 +241,7 @@ def test_a_collapsed_discriminator_is_flagged_in_the_log_and_in_mlflow(tmp_path,
 
 
 def test_a_rerun_after_complete_training_rewrites_outputs_and_logs_nothing_twice(tmp_path, capsys):
-    from dcganlab.train import train
+    from dcganlab.training.loop import train
 
     p = _project(tmp_path, **{"experiments.tiny.epochs": 1, "train.log_model": True})
     train(p, "tiny", progress=False)
@@ -264,10 +281,13 @@ def test_an_unreachable_tracking_server_is_a_fast_one_line_error_without_credent
 
 
 def test_tracking_credentials_are_never_logged(prepared, monkeypatch, capsys):
-    from dcganlab.tracking import redact_uri
-    from dcganlab.train import train
+    from dcganlab.core.tracking import redact_uri
+    from dcganlab.training.loop import train
 
-    assert redact_uri("https://bob:pw1@mlflow.example:5000/?token=abc&x=1") == "https://***@mlflow.example:5000/?token=***&x=1"
+    assert (
+        redact_uri("https://bob:pw1@mlflow.example:5000/?token=abc&x=1")
+        == "https://***@mlflow.example:5000/?token=***&x=1"
+    )
     assert redact_uri("http://h/api?access_token=abc&api_key=k") == "http://h/api?access_token=***&api_key=***"
     assert redact_uri("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-9f8e7d")
@@ -282,12 +302,19 @@ def test_every_torch_load_in_src_is_weights_only():
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
     # and the check sees the calls it should (an empty scan would pass vacuously)
-    assert "weights_only=True" in (SRC / "dcganlab/files.py").read_text()
+    assert "weights_only=True" in (SRC / "dcganlab/core/files.py").read_text()

@@ -1,5 +1,6 @@
 """sample: every figure is written with its layout; the arithmetic, progression and filter
 figures do what they say on constructed inputs."""
+
 import json
 import math
 
@@ -9,12 +10,20 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from dcganlab import paths
 from dcganlab.cli import app
-from dcganlab.config import ExperimentParams
-from dcganlab.figures import GAP, TITLE_H, _rows_by_class, closest_epochs, filter_grid, latent_arithmetic, progression
-from dcganlab.train import build_networks
-from dcganlab.variants import VARIANTS
+from dcganlab.core import paths
+from dcganlab.core.config import ExperimentParams, SampleParams
+from dcganlab.evaluation.figures import (
+    GAP,
+    TITLE_H,
+    _rows_by_class,
+    closest_epochs,
+    filter_grid,
+    latent_arithmetic,
+    progression,
+)
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import build_networks
 
 
 # ---------------------------------------------------------------- the stage, end to end
@@ -22,15 +31,22 @@ from dcganlab.variants import VARIANTS
 def trained_two(prepared):
     """The tiny project with a 2-epoch dcgan and a 1-epoch cgan, and the digit classifier."""
     from conftest import TINY_EXPERIMENT, tiny_params, write_params
-    from dcganlab.config import load_params
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+
+    from dcganlab.core.config import load_params
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.training.loop import train
 
     raw = tiny_params(**{"experiments.tiny.epochs": 2})
     raw["experiments"]["cond"] = {**TINY_EXPERIMENT, "variant": "cgan"}
     p = load_params(write_params(prepared.root, raw))
-    train_extractor(load_processed(paths.processed_dir(p.root, "digits")), p.extractor, p.seed,
-                    paths.extractor_path(p.root, "digits"), "digits")
+    train_extractor(
+        load_processed(paths.processed_dir(p.root, "digits")),
+        p.extractor,
+        p.seed,
+        paths.extractor_path(p.root, "digits"),
+        "digits",
+    )
     train(p, "tiny", progress=False)
     train(p, "cond", progress=False)
     return p
@@ -109,24 +125,33 @@ def test_rows_by_class_takes_confident_latents_of_the_right_classes():
         assert row["expected"] == a
 
 
+def _arith(pool: int, mean_of: int, rows: int) -> SampleParams:
+    return SampleParams(arithmetic_pool=pool, arithmetic_mean_of=mean_of, arithmetic_rows=rows)
+
+
 def test_arithmetic_with_a_classifier_on_a_linear_generator_gets_every_analogy_right():
     net = BucketClassifier([-0.8, 0.0, 0.8])
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], 600, 3, 3,
-                                    torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, net, ["lo", "mid", "hi"], _arith(600, 3, 3), torch.Generator().manual_seed(0)
+    )
     assert info["mode"] == "class" and len(info["rows"]) == 3
     assert info["agreement"] == 1.0 and all(r["got"] == r["expected"] for r in info["rows"])
     assert image.width >= 4 * 64 and image.height == TITLE_H + 3 * (64 + GAP) + GAP
 
 
 def test_arithmetic_without_labels_uses_brightness_and_says_so():
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, None, [], 60, 3, 2, torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, None, [], _arith(60, 3, 2), torch.Generator().manual_seed(0)
+    )
     assert info["mode"] == "brightness" and "brightness" in info["note"] and len(info["rows"]) == 2
     assert all(r["value_result"] > r["value_C"] for r in info["rows"]) and info["agreement"] == 1.0
 
 
 def test_arithmetic_skips_with_the_reason_when_one_class_dominates():
     net = BucketClassifier([0.0, 50.0])  # every image (pixels in [-1, 1]) is nearest 0: one class only
-    image, info = latent_arithmetic(LinearG(), 4, "normal", 0, net, ["x", "y"], 30, 3, 2, torch.Generator().manual_seed(0))
+    image, info = latent_arithmetic(
+        LinearG(), 4, "normal", 0, net, ["x", "y"], _arith(30, 3, 2), torch.Generator().manual_seed(0)
+    )
     assert "the arithmetic needs two" in info["skipped"] and info["rows"] == [] and image.width > 0
 
 

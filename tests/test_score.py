@@ -1,17 +1,18 @@
 """`dcganlab score DATASET IMAGES`: any images, the metrics `evaluate` uses, through the real CLI
 (folders, arrays, MLflow run URIs) and its one-line errors."""
+
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import prepare_project, tiny_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import prepare_project, tiny_params
-from dcganlab import paths
 from dcganlab.cli import app
+from dcganlab.core import paths
 
 SAME = ("fid", "kid", "precision", "recall", "density", "coverage", "diversity_ssim", "n_fake", "n_real")
 
@@ -20,12 +21,15 @@ SAME = ("fid", "kid", "precision", "recall", "density", "coverage", "diversity_s
 def project(tmp_path_factory):
     """The tiny digits project, trained (1 epoch, generator logged to a private MLflow store) and
     evaluated; and 60 real training digits (N, H, W) uint8, more than evaluate's 40."""
-    from dcganlab.evaluate import evaluate
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed, train
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
+    from dcganlab.stages.evaluate import run as evaluate
+    from dcganlab.training.loop import train
 
     root = tmp_path_factory.mktemp("score")
-    p = prepare_project(root, tiny_params(**{"train.log_model": True, "tracking.uri": f"sqlite:///{root / 'mlflow.db'}"}))
+    p = prepare_project(
+        root, tiny_params(**{"train.log_model": True, "tracking.uri": f"sqlite:///{root / 'mlflow.db'}"})
+    )
     data = load_processed(paths.processed_dir(root, "digits"))
     train_extractor(data, p.extractor, p.seed, paths.extractor_path(root, "digits"), "digits")
     train(p, "tiny", progress=False)
@@ -52,8 +56,8 @@ def test_a_folder_and_arrays_of_the_same_images_score_the_same(project, tmp_path
     folder.mkdir()
     for i, image in enumerate(digits):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
-    np.save(tmp_path / "x.npy", digits)                       # (N, H, W)
-    np.savez(tmp_path / "x.npz", digits[..., None])           # (N, H, W, 1) as arr_0
+    np.save(tmp_path / "x.npy", digits)  # (N, H, W)
+    np.savez(tmp_path / "x.npz", digits[..., None])  # (N, H, W, 1) as arr_0
     from_folder = _json(p, "digits", folder)
     assert from_folder["n_fake"] == 40 and from_folder["n_real"] == 24  # evaluate's counts: a subset of the 60
     assert from_folder["reference_split"].startswith("digits:test") and from_folder["prdc_k"] == 3
@@ -82,8 +86,21 @@ def test_a_runs_uri_scores_exactly_what_evaluate_reported(project, tmp_path):
         assert scored[key] == pytest.approx(evaluated[key], rel=1e-6, abs=1e-9), key
     assert scored["mode_coverage"]["histogram"] == evaluated["mode_coverage"]["histogram"]
     # the real CLI in a fresh process: stdout is the JSON alone (MLflow's loading chatter goes to stderr)
-    result = subprocess.run([sys.executable, "-m", "dcganlab", "score", "digits", f"runs:/{run_id}/generator",
-                             "--params", str(p.root / "params.yaml")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcganlab",
+            "score",
+            "digits",
+            f"runs:/{run_id}/generator",
+            "--params",
+            str(p.root / "params.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["coverage"] == scored["coverage"]
 
@@ -94,7 +111,10 @@ def test_the_calibration_headline_is_printed_beside_the_numbers(project, tmp_pat
     calibration = paths.extractor_path(p.root, "digits").with_suffix(".calibration.json")
     calibration.write_text(json.dumps({"headline": "FID tracks blur monotonically (test stub)"}))
     try:
-        assert _json(p, "digits", tmp_path / "x.npy")["calibration"] == "calibration: FID tracks blur monotonically (test stub)"
+        assert (
+            _json(p, "digits", tmp_path / "x.npy")["calibration"]
+            == "calibration: FID tracks blur monotonically (test stub)"
+        )
     finally:
         calibration.unlink()
 
@@ -118,11 +138,18 @@ def _bad_inputs(tmp_path, digits) -> dict:
     np.save(tmp_path / "float.npy", digits.astype(np.float32))
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     (tmp_path / "empty").mkdir()
-    return {"size": (small, "8x8"), "channels": (rgb, "3 channel"), "count": (tmp_path / "few.npy", "10 images"),
-            "dtype": (tmp_path / "float.npy", "uint8"), "broken": (tmp_path / "broken.npy", "unreadable"),
-            "empty": (tmp_path / "empty", "no PNG or JPEG"), "missing": (tmp_path / "nope", "no such"),
-            "run": ("runs:/0123456789abcdef0123456789abcdef/generator", "cannot load MLflow model"),
-            "rgba": (rgba, "image mode RGBA"), "npz": (tmp_path / "two.npz", "arrays images, labels")}
+    return {
+        "size": (small, "8x8"),
+        "channels": (rgb, "3 channel"),
+        "count": (tmp_path / "few.npy", "10 images"),
+        "dtype": (tmp_path / "float.npy", "uint8"),
+        "broken": (tmp_path / "broken.npy", "unreadable"),
+        "empty": (tmp_path / "empty", "no PNG or JPEG"),
+        "missing": (tmp_path / "nope", "no such"),
+        "run": ("runs:/0123456789abcdef0123456789abcdef/generator", "cannot load MLflow model"),
+        "rgba": (rgba, "image mode RGBA"),
+        "npz": (tmp_path / "two.npz", "arrays images, labels"),
+    }
 
 
 @pytest.mark.slow

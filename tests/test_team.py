@@ -1,4 +1,5 @@
 """Team tracking: a real MLflow tracking server over HTTP, and a DVC remote shared by clones."""
+
 import hashlib
 import json
 import os
@@ -7,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port, git_project, run_cmd, stop_group, tiny_params, wait_http, write_params
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import free_port, git_project, run_cmd, stop_group, tiny_params, wait_http, write_params
 from dcganlab.cli import app
 
 
@@ -23,11 +24,25 @@ def mlflow_server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = open(store / "server.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: the teardown stops its workers too
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own group: the teardown stops its workers too
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     try:
         wait_http(f"{url}/health", proc, store / "server.log", 60)
         yield url, store
@@ -42,8 +57,11 @@ def test_training_logs_to_a_tracking_server_over_http(prepared, mlflow_server, m
 
     url, store = mlflow_server
     # restored after the test: the client (and mlflow.set_tracking_uri) write these into os.environ
-    for key, value in (("MLFLOW_TRACKING_URI", url), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+    for key, value in (
+        ("MLFLOW_TRACKING_URI", url),
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+    ):
         monkeypatch.setenv(key, value)
     write_params(prepared.root, tiny_params(**{"tracking.uri": url, "experiments.tiny.epochs": 2}))
     result = CliRunner().invoke(app, ["train", "tiny", "-p", str(prepared.root / "params.yaml")])
@@ -65,8 +83,9 @@ def test_training_logs_to_a_tracking_server_over_http(prepared, mlflow_server, m
     # the per-epoch grids went over HTTP into the server's artifact store
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     images = [a.path for a in client.list_artifacts(run_id, "images")]
-    grids = sorted(p for p in images if Path(p).name.startswith("samples") and p.endswith(".png")
-                   and "compressed" not in p)
+    grids = sorted(
+        p for p in images if Path(p).name.startswith("samples") and p.endswith(".png") and "compressed" not in p
+    )
     assert len(grids) == 2, images
     local = client.download_artifacts(run_id, grids[0], str(prepared.root / "downloaded"))
     with Image.open(local) as img:

@@ -1,16 +1,18 @@
 """train: the DCGAN networks, the one loop, checkpoints, resume and MLflow tracking."""
+
 import json
 import threading
 
 import mlflow
 import pytest
 import torch
-
 from conftest import prepare_project, tiny_params, write_params
-from dcganlab import paths
-from dcganlab.config import ExperimentParams, load_params
-from dcganlab.models import dcgan, dcgan_init
-from dcganlab.train import load_model, train
+
+from dcganlab.core import paths
+from dcganlab.core.config import ExperimentParams, load_params
+from dcganlab.gan.modelfile import load_model
+from dcganlab.gan.models import dcgan, dcgan_init
+from dcganlab.training.loop import train
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
@@ -59,6 +61,7 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     assert G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
     assert summary["epochs"] == 1 and summary["images_per_s"] > 0
     import resource  # train.json's peak memory is this (test) process's, in MiB
+
     assert summary["peak_rss_mb"] == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.05)
     losses = (prepared.root / "reports/tiny/losses.csv").read_text().splitlines()
     assert losses[0].startswith("epoch,loss_d,loss_g,d_real,d_fake")
@@ -67,8 +70,11 @@ def test_one_epoch_trains_both_networks_and_tracks_it(prepared):
     client = mlflow.MlflowClient(f"sqlite:///{prepared.root / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == \
-        {"variant": "dcgan", "dataset": "digits", "experiment": "tiny"}
+    assert {k: run.data.tags[k] for k in ("variant", "dataset", "experiment")} == {
+        "variant": "dcgan",
+        "dataset": "digits",
+        "experiment": "tiny",
+    }
     assert "git_commit" in run.data.tags
     assert run.data.params["experiment.lr_g"] == "0.0002"
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(run.data.metrics)
@@ -85,10 +91,10 @@ def test_resume_continues_the_same_run_and_ends_where_an_uninterrupted_run_ends(
     straight = setup(tmp_path / "a", 2)
     train(straight, "tiny", progress=False)
     resumed = setup(tmp_path / "b", 1)
-    train(resumed, "tiny", progress=False)          # "interrupted" after epoch 1
+    train(resumed, "tiny", progress=False)  # "interrupted" after epoch 1
     run_id = json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"]
     resumed = setup(tmp_path / "b", 2)
-    train(resumed, "tiny", progress=False)          # rerun: resumes at epoch 2
+    train(resumed, "tiny", progress=False)  # rerun: resumes at epoch 2
     assert json.loads((paths.state_dir(resumed.root, "tiny") / "mlflow_run.json").read_text())["run_id"] == run_id
     a = torch.load(paths.model_path(straight.root, "tiny"), weights_only=True)["state_dict"]
     b = torch.load(paths.model_path(resumed.root, "tiny"), weights_only=True)["state_dict"]
@@ -128,7 +134,7 @@ def test_grid_matches_torchvision_make_grid_pixel_for_pixel():
     from PIL import Image
     from torchvision.utils import make_grid
 
-    from dcganlab.train import to_grid
+    from dcganlab.gan.sampling import to_grid
 
     gen = torch.Generator().manual_seed(0)
     for n, c, size, nrow in [(64, 1, 16, 8), (10, 3, 8, 8), (3, 3, 8, 2), (1, 1, 8, 8)]:
@@ -169,11 +175,14 @@ def test_the_loop_reads_in_short_named_steps():
     import ast
     import inspect
 
-    import dcganlab.train as t
+    import dcganlab.training.loop as t
 
     tree = ast.parse(inspect.getsource(t))
-    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    lengths = {
+        node.name: node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
     assert {"_train", "set_up", "train_epoch", "end_epoch", "finish"} <= lengths.keys()
     assert {name: n for name, n in lengths.items() if n > 60} == {}
     assert lengths["_train"] <= 40  # the table of contents
@@ -185,9 +194,9 @@ def test_freezing_d_for_gs_update_changes_no_bit_of_either_network(variant, monk
     after three steps both networks are bit for bit what they are without the shortcut."""
     import contextlib
 
-    from dcganlab import train as train_module
-    from dcganlab.train import build_networks, train_step
-    from dcganlab.variants import VARIANTS
+    from dcganlab.gan.variants import VARIANTS
+    from dcganlab.training import step as step_module
+    from dcganlab.training.step import StepNets, build_networks, train_step
 
     def three_steps():
         torch.manual_seed(0)
@@ -198,12 +207,12 @@ def test_freezing_d_for_gs_update_changes_no_bit_of_either_network(variant, monk
         for _ in range(3):
             real = torch.rand(8, 1, 16, 16) * 2 - 1
             labels = torch.randint(10, (8,)) if k else None
-            train_step(G, D, opt_g, opt_d, e, real, labels, k)
+            train_step(StepNets(G, D, opt_g, opt_d), e, real, labels, k)
         assert all(p.requires_grad for p in D.parameters())  # unfrozen afterwards
         return [p.detach().clone() for p in [*G.parameters(), *D.parameters()]]
 
     fast = three_steps()
-    monkeypatch.setattr(train_module, "frozen", lambda D: contextlib.nullcontext())
+    monkeypatch.setattr(step_module, "frozen", lambda D: contextlib.nullcontext())
     plain = three_steps()
     assert all(torch.equal(a, b) for a, b in zip(fast, plain))
 
@@ -215,8 +224,13 @@ def test_an_isa_capped_below_avx512_never_counts_as_native_bf16():
     import subprocess
     import sys
 
-    code = "from dcganlab.accel import cpu_path; import json; print(json.dumps(cpu_path()))"
+    code = "from dcganlab.training.accel import cpu_path; import json; print(json.dumps(cpu_path()))"
     for env in ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"ATEN_CPU_CAPABILITY": "avx2"}):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert json.loads(out)["native_bf16"] is False, env

@@ -1,18 +1,19 @@
 """#3: every variant trains through the one loop; paper presets build the papers' networks."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_params
 from torch import nn
 
-from conftest import tiny_params
-from dcganlab.config import ExperimentParams, parse_params
-from dcganlab.errors import ParamsError
-from dcganlab.models.cartoon import Smooth
-from dcganlab.models.resnet import ResidualBlock
-from dcganlab.presets import PRESETS, overrides
-from dcganlab.sample import nice_samples
-from dcganlab.train import build_networks, feature_matching, train_step
-from dcganlab.variants import VARIANTS
+from dcganlab.core.config import ExperimentParams, parse_params
+from dcganlab.core.errors import ParamsError
+from dcganlab.gan.models.cartoon import Smooth
+from dcganlab.gan.models.resnet import ResidualBlock
+from dcganlab.gan.presets import PRESETS, overrides
+from dcganlab.gan.sampling import nice_samples
+from dcganlab.gan.variants import VARIANTS
+from dcganlab.training.step import StepNets, build_networks, feature_matching, train_step
 
 TINY = {  # variant -> (channels, size, extra experiment settings)
     "dcgan": (3, 16, {}),
@@ -42,7 +43,7 @@ def test_one_step_changes_both_networks_with_finite_losses(variant):
     before_d = [p.detach().clone() for p in D.parameters()]
     real = torch.rand(6, c, size, size) * 2 - 1
     labels = torch.arange(6) % k if k else None
-    stats = train_step(G, D, opt_g, opt_d, e, real, labels, k)
+    stats = train_step(StepNets(G, D, opt_g, opt_d), e, real, labels, k)
     assert torch.isfinite(stats).all()
     assert any(not torch.equal(a, b) for a, b in zip(before_g, G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, D.parameters()))
@@ -56,14 +57,15 @@ def test_cgan_class_head_learns_real_digits_and_labels_reach_the_generator():
 
     x, y = mnist_data()
     pick = np.random.default_rng(0).permutation(len(x))[:64]
-    imgs = torch.nn.functional.interpolate(torch.tensor(x[pick].reshape(-1, 1, 28, 28) / 127.5 - 1, dtype=torch.float32),
-                                           size=16, mode="bilinear")
+    imgs = torch.nn.functional.interpolate(
+        torch.tensor(x[pick].reshape(-1, 1, 28, 28) / 127.5 - 1, dtype=torch.float32), size=16, mode="bilinear"
+    )
     labels = torch.tensor(y[pick], dtype=torch.long)
     e, G, D, opt_g, opt_d, *_ = _setup("cgan", ndf=16, lr_d=2e-3, lr_g=1e-2)
     ce = []
     for _ in range(15):
         ce.append(nn.functional.cross_entropy(D(imgs).class_logits, labels).item())
-        train_step(G, D, opt_g, opt_d, e, imgs, labels, 10)
+        train_step(StepNets(G, D, opt_g, opt_d), e, imgs, labels, 10)
     assert D(imgs).class_logits.shape == (64, 10)
     assert np.mean(ce[-3:]) < 0.8 * np.mean(ce[:3])
     G.eval()
@@ -106,7 +108,12 @@ def test_feature_matching_is_zero_for_identical_batches():
 
 def test_impossible_combinations_are_rejected_before_training():
     raw = tiny_params()
-    raw["datasets"]["faces"] = {**raw["datasets"]["digits"], "source": "lfw-subset", "detect_faces": True, "channels": 3}
+    raw["datasets"]["faces"] = {
+        **raw["datasets"]["digits"],
+        "source": "lfw-subset",
+        "detect_faces": True,
+        "channels": 3,
+    }
     raw["experiments"]["tiny"] = {**raw["experiments"]["tiny"], "variant": "cgan", "dataset": "faces"}
     with pytest.raises(ParamsError, match="needs class labels"):
         parse_params(raw)
@@ -126,9 +133,13 @@ def test_impossible_combinations_are_rejected_before_training():
 def _layers(net: nn.Module, x: torch.Tensor, kinds=(nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d)):
     """[(layer type, output shape without batch, trainable parameters)] of the weighted layers, in order."""
     rows = []
-    hooks = [m.register_forward_hook(lambda m, i, o: rows.append(
-        (type(m).__name__, tuple(o.shape[1:]), sum(p.numel() for p in m.parameters()))))
-        for m in net.modules() if isinstance(m, kinds)]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o: rows.append((type(m).__name__, tuple(o.shape[1:]), sum(p.numel() for p in m.parameters())))
+        )
+        for m in net.modules()
+        if isinstance(m, kinds)
+    ]
     net.eval()
     with torch.no_grad():
         net(x)
@@ -142,14 +153,18 @@ def test_upsample_gan_is_the_keras_listing_layer_for_layer():
     them (BatchNormalization: Keras also counts 2 x 6272 non-trainable moving statistics)."""
     G, D = build_networks(ExperimentParams(variant="upsample-gan", z_dim=100), 1, 28)
     assert _layers(G, torch.randn(2, 100)) == [
-        ("Linear", (1024,), 103_424), ("Linear", (6272,), 6_428_800), ("BatchNorm1d", (6272,), 12_544),
-        ("Conv2d", (64, 14, 14), 204_864),       # UpSampling2D, Conv2D(64, 5x5, 'same')
-        ("Conv2d", (1, 28, 28), 1_601)]          # UpSampling2D, Conv2D(1, 5x5, 'same')
+        ("Linear", (1024,), 103_424),
+        ("Linear", (6272,), 6_428_800),
+        ("BatchNorm1d", (6272,), 12_544),
+        ("Conv2d", (64, 14, 14), 204_864),  # UpSampling2D, Conv2D(64, 5x5, 'same')
+        ("Conv2d", (1, 28, 28), 1_601),
+    ]  # UpSampling2D, Conv2D(1, 5x5, 'same')
     assert _layers(D, torch.randn(2, 1, 28, 28)) == [
-        ("Conv2d", (64, 28, 28), 1_664),         # Conv2D(64, 5x5, 'same'), MaxPooling2D -> 14x14
-        ("Conv2d", (128, 10, 10), 204_928),      # Conv2D(128, 5x5) 'valid', MaxPooling2D -> 5x5
-        ("Linear", (1024,), 3_277_824),          # Dense(1024) on 128 x 5 x 5
-        ("Linear", (1,), 1_025)]                 # Dense(1)
+        ("Conv2d", (64, 28, 28), 1_664),  # Conv2D(64, 5x5, 'same'), MaxPooling2D -> 14x14
+        ("Conv2d", (128, 10, 10), 204_928),  # Conv2D(128, 5x5) 'valid', MaxPooling2D -> 5x5
+        ("Linear", (1024,), 3_277_824),  # Dense(1024) on 128 x 5 x 5
+        ("Linear", (1,), 1_025),
+    ]  # Dense(1)
     assert sum(p.numel() for p in D.parameters()) == 3_485_441
 
 
@@ -157,9 +172,19 @@ def test_dcgan_is_the_pytorch_example_listing_layer_for_layer():
     """pytorch/examples dcgan/main.py at nz=100, ngf=ndf=64, nc=3, 64x64: its netG and netD."""
     G, D = build_networks(ExperimentParams(variant="dcgan", z_dim=100, ngf=64, ndf=64), 3, 64)
     assert [shape for _, shape, _ in _layers(G, torch.randn(2, 100))] == [
-        (512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (3, 64, 64)]
+        (512, 4, 4),
+        (256, 8, 8),
+        (128, 16, 16),
+        (64, 32, 32),
+        (3, 64, 64),
+    ]
     assert [shape for _, shape, _ in _layers(D, torch.randn(2, 3, 64, 64))] == [
-        (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1, 1, 1)]
+        (64, 32, 32),
+        (128, 16, 16),
+        (256, 8, 8),
+        (512, 4, 4),
+        (1, 1, 1),
+    ]
     assert sum(p.numel() for p in G.parameters()) == 3_576_704
     assert sum(p.numel() for p in D.parameters()) == 2_765_568
 
@@ -221,8 +246,10 @@ def test_each_paper_preset_is_valid_params_and_builds_the_papers_networks(name):
 
 
 def test_resnet_presets_are_the_papers_four_experiments():
-    exps = {n: parse_params(_apply(tiny_params(), overrides(n))).experiments[n] for n in
-            ("resnet-exp5", "resnet-exp6", "resnet-exp7", "resnet-exp8")}
+    exps = {
+        n: parse_params(_apply(tiny_params(), overrides(n))).experiments[n]
+        for n in ("resnet-exp5", "resnet-exp6", "resnet-exp7", "resnet-exp8")
+    }
     assert (exps["resnet-exp5"].lr_d, exps["resnet-exp5"].lr_g) == (2e-4, 2e-4)
     for n in ("resnet-exp6", "resnet-exp7", "resnet-exp8"):
         assert (exps[n].lr_d, exps[n].lr_g) == (0.0064, 0.00128)
@@ -254,21 +281,21 @@ def test_cartoon_preset_and_its_ablation_at_128_differ_only_in_smoothing_and_fea
 
 
 def test_cgan_trains_through_the_loop_and_draws_the_requested_digit(prepared, tmp_path):
+    from conftest import write_params
     from typer.testing import CliRunner
 
-    from conftest import write_params
     from dcganlab.cli import app
-    from dcganlab.config import load_params
-    from dcganlab.sample import sample
-    from dcganlab.train import train
+    from dcganlab.core.config import load_params
+    from dcganlab.stages.sample import run as sample
+    from dcganlab.training.loop import train
 
     raw = tiny_params(**{"experiments.tiny.variant": "cgan", "experiments.tiny.lr_g": 1e-3})
     write_params(prepared.root, raw)
     params = load_params(prepared.root / "params.yaml")
     train(params, "tiny", progress=False)
-    from dcganlab import paths
-    from dcganlab.extractor import train_extractor
-    from dcganlab.train import load_processed
+    from dcganlab.core import paths
+    from dcganlab.data.processed import load_processed
+    from dcganlab.evaluation.extractor import train_extractor
 
     data = load_processed(paths.processed_dir(params.root, "digits"))  # the sample stage's arithmetic needs it
     train_extractor(data, params.extractor, params.seed, paths.extractor_path(params.root, "digits"), "digits")
