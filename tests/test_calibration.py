@@ -113,7 +113,6 @@ def test_the_checks_fail_on_features_that_magnify_a_faint_checkerboard(digits):
     table = calibrate(AliasingFeatures(), INFO, digits, k=3, kid_subset=100, seed=0, max_n=600)
     assert table["checks"]["checkerboard_unclipped_ratio"] > 0.3  # the full pattern: far above a 1-px blur
     assert f"ratio {table['checks']['checkerboard_ratio']:.2f}" in table["headline"]
-    assert not table["checks"]["checkerboard_above_floor_ok"]  # the clipped pattern, above the floor, too
 
 
 def test_the_same_seed_gives_the_same_table(digits, robust):

@@ -275,7 +275,7 @@ def test_cartoon_preset_and_its_ablation_at_128_differ_only_in_smoothing_and_fea
         with torch.no_grad():
             assert G(torch.randn(2, e.z_dim)).shape == (2, 1, 128, 128)
         before = [p.clone() for p in G.parameters()]
-        losses = train_step(G, D, *VARIANTS[e.variant].optimizers(e, G, D), e, real, None, 0)
+        losses = train_step(StepNets(G, D, *VARIANTS[e.variant].optimizers(e, G, D)), e, real, None, 0)
         assert torch.isfinite(losses).all()
         assert any(not torch.equal(a, b) for a, b in zip(before, G.parameters()))
 
