@@ -318,6 +318,7 @@ def test_the_upper_bounds_list_every_size_and_rate():
         "experiments.tiny.fake_label",
         "experiments.tiny.lr_decay",
         "experiments.tiny.flip_p",
+        "experiments.tiny.label_flip",
         "train.collapse_real",
         "train.collapse_fake",
         "train.serve_max_latents",

@@ -8,17 +8,18 @@ from torch import nn
 
 from dcganlab.core.config import ExperimentParams, parse_params
 from dcganlab.core.errors import ParamsError
+from dcganlab.gan.models import DOut
 from dcganlab.gan.models.cartoon import Smooth
 from dcganlab.gan.models.resnet import ResidualBlock
 from dcganlab.gan.presets import PRESETS, overrides
 from dcganlab.gan.sampling import nice_samples
 from dcganlab.gan.variants import VARIANTS
-from dcganlab.training.step import StepNets, build_networks, feature_matching, train_step
+from dcganlab.training.step import StepNets, build_networks, d_loss, feature_matching, noisy_targets, train_step
 
 TINY = {  # variant -> (channels, size, extra experiment settings)
     "dcgan": (3, 16, {}),
     "face-dcgan": (3, 16, {"noise": "uniform", "lr_g": 3e-4, "lr_d": 3e-4}),
-    "cartoon-128": (3, 16, {"feature_matching": 1.0, "lr_decay": 0.9, "flip_p": 0.1}),
+    "cartoon-128": (3, 16, {"feature_matching": 1.0, "lr_decay": 0.9, "flip_p": 0.1, "label_flip": 0.1}),
     "cgan": (1, 16, {"lr_g": 1e-3}),
     "resnet-dcgan": (3, 96, {"lr_d": 0.0064, "lr_g": 0.00128, "real_label": 0.9, "fake_label": 0.1}),
     "upsample-gan": (1, 16, {"noise": "uniform", "lr_g": 5e-4, "lr_d": 5e-4}),
@@ -104,6 +105,18 @@ def test_feature_matching_is_zero_for_identical_batches():
     f = torch.randn(5, 7)
     assert feature_matching(f, f.clone()).item() == 0.0
     assert feature_matching(f, f + 1).item() > 0
+
+
+def test_label_flips_swap_each_target_with_their_probability():
+    logit = torch.zeros(20_000)
+    assert noisy_targets(logit, 0.9, 0.1, 0.0) == 0.9  # no flips: a constant, no random numbers drawn
+    assert torch.equal(noisy_targets(logit, 0.9, 0.1, 1.0), torch.full_like(logit, 0.1))
+    torch.manual_seed(0)
+    t = noisy_targets(logit, 1.0, 0.0, 0.1)
+    assert set(t.unique().tolist()) == {0.0, 1.0} and abs((t == 0).float().mean().item() - 0.1) < 0.01
+    real, fake = DOut(torch.full((4,), 2.0), None), DOut(torch.full((4,), -2.0), None)
+    swapped = d_loss(ExperimentParams(label_flip=1.0), real, fake, None, None)
+    assert swapped.item() == pytest.approx(d_loss(ExperimentParams(), fake, real, None, None).item())
 
 
 def test_impossible_combinations_are_rejected_before_training():
@@ -266,6 +279,7 @@ def test_cartoon_preset_and_its_ablation_at_128_differ_only_in_smoothing_and_fea
     full, plain = params.experiments["cartoon-128-fashion128"], params.experiments["cartoon-128-ablation-fashion128"]
     differ = {k for k in vars(full) if getattr(full, k) != getattr(plain, k)}
     assert differ == {"variant", "feature_matching"} and (full.feature_matching, plain.feature_matching) == (1.0, 0.0)
+    assert (full.label_flip, full.flip_p) == (0.1, 0.0)  # the paper's 10% label flips, no image flips
     assert params.datasets["fashion128"].image_size == 128
     torch.manual_seed(0)
     real = torch.rand(4, 1, 128, 128) * 2 - 1  # tiny data: four images at the paper's size

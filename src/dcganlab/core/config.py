@@ -107,6 +107,7 @@ class ExperimentParams:
     feature_matching: float = 0.0  # weight of the feature-matching term in G's loss
     lr_decay: float = 1.0  # both learning rates are multiplied by this after every epoch
     flip_p: float = 0.0  # probability of a horizontal flip of each real image
+    label_flip: float = 0.0  # probability that each of D's targets is swapped, real for fake (noisy labels)
     smooth_sigma: float = 1.0  # cartoon-128: sigma of the Gaussian filter on G's output
     seed_offset: int = 0  # added to `seed` (replicates of one recipe)
 
@@ -334,6 +335,7 @@ def _check_ranges(p: Params, errors: list[str]) -> None:
         need(e.feature_matching >= 0.0, f"{w}.feature_matching: must be >= 0")
         need(0.0 < e.lr_decay <= 1.0, f"{w}.lr_decay: must be in (0, 1]")
         need(0.0 <= e.flip_p <= 1.0, f"{w}.flip_p: must be in [0, 1]")
+        need(0.0 <= e.label_flip <= 1.0, f"{w}.label_flip: must be in [0, 1]")
         need(e.smooth_sigma > 0.0, f"{w}.smooth_sigma: must be > 0")
         for key, limit in (
             ("epochs", MAX_EPOCHS),

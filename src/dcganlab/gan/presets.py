@@ -73,7 +73,7 @@ _CARTOON = {
     "beta1": 0.5,
     "feature_matching": 1.0,
     "lr_decay": 0.97,
-    "flip_p": 0.1,
+    "label_flip": 0.1,  # the paper's 10% label flips (D's real/fake targets swapped); no image flips
     "smooth_sigma": 1.0,
 }
 _UPSAMPLE = {
@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cartoon-128": Preset(
-        "cartoon faces at 128x128: smoothing, feature matching, lr decay, flips (images in data/external/cartoon)",
+        "cartoon faces at 128x128: smoothing, feature matching, lr decay, 10% label flips (images in data/external/cartoon)",
         "cartoon128",
         _CARTOON128,
         _CARTOON,

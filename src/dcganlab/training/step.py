@@ -39,13 +39,26 @@ def build_networks(e, channels: int, size: int, num_classes: int = 0):
 _NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # pass-through: scale() is identity, step() steps
 
 
-def bce(logit: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, target))
+def bce(logit: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+    target = target if isinstance(target, torch.Tensor) else torch.full_like(logit, target)
+    return F.binary_cross_entropy_with_logits(logit, target)
+
+
+def noisy_targets(logit: torch.Tensor, target: float, other: float, p: float) -> float | torch.Tensor:
+    """D's target for each image: `target`, swapped for `other` with probability p (label flips).
+    p = 0 draws no random numbers, so runs without flips stay bit for bit what they were."""
+    if p == 0:
+        return target
+    flip = torch.rand(logit.shape, device=logit.device) < p
+    return torch.where(flip, other, target).to(logit.dtype)
 
 
 def d_loss(e, real_out: DOut, fake_out: DOut, real_labels, fake_labels) -> torch.Tensor:
-    # maximize log(D(x)) + log(1 - D(G(z))), targets real_label / fake_label (label smoothing)
-    loss = bce(real_out.logit, e.real_label) + bce(fake_out.logit, e.fake_label)
+    # maximize log(D(x)) + log(1 - D(G(z))), targets real_label / fake_label (label smoothing),
+    # each swapped with probability label_flip
+    real_target = noisy_targets(real_out.logit, e.real_label, e.fake_label, e.label_flip)
+    fake_target = noisy_targets(fake_out.logit, e.fake_label, e.real_label, e.label_flip)
+    loss = bce(real_out.logit, real_target) + bce(fake_out.logit, fake_target)
     if real_out.class_logits is not None:  # AC-GAN: classify real and generated images
         loss = (
             loss
