@@ -389,9 +389,9 @@ def test_the_cartoon_claim_says_whether_its_pair_is_a_clean_ablation():
     x.recipe, y.recipe = vars(full), vars(plain)
     verdict, reason = claim_verdict({"a": x, "b": y}, "feature matching")
     assert verdict == SUPPORTS and "a clean ablation" in reason
-    y.recipe = {**vars(plain), "lr_d": 2e-4, "flip_p": 0.0}
+    y.recipe = {**vars(plain), "lr_d": 2e-4, "label_flip": 0.0}
     assert (
-        "differs from digits-dcgan in flip_p, lr_d: not a clean ablation"
+        "differs from digits-dcgan in label_flip, lr_d: not a clean ablation"
         in claim_verdict({"a": x, "b": y}, "feature matching")[1]
     )
 
